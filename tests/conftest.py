@@ -1,0 +1,101 @@
+"""Offline fixtures: a BPE tokenizer trained on our sample data and 2-layer Llama / GPT-2 models.
+
+Both are built from scratch in about a second, so tests never touch the Hub.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "sample.jsonl"
+REAL_DATA = ROOT.parent / "shared" / "data" / "GenMedGPT-5k-id.json"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def sample_records() -> list[dict]:
+    return [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def build_tokenizer(add_bos: bool):
+    """Byte-level BPE trained on the sample data (+ the prompt templates, so markers are cheap)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from trainer.prompts import TEMPLATES
+
+    lines = [r[k] for r in sample_records() for k in ("instruction", "input", "output") if r[k]]
+    lines += [t.prompt_input for t in TEMPLATES.values()] * 5
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    special = ["<unk>", "<s>", "</s>", "<pad>"]
+    tok.train_from_iterator(
+        lines, trainers.BpeTrainer(vocab_size=600, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    )
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>" if add_bos else None
+    )
+
+
+def build_model(kind: str, vocab_size: int, seed: int = 0):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    if kind == "llama":
+        config = LlamaConfig(
+            vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+            bos_token_id=1, eos_token_id=2, pad_token_id=3,
+        )
+        return LlamaForCausalLM(config)
+    config = GPT2Config(vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4, n_positions=1024, bos_token_id=1, eos_token_id=2)
+    return GPT2LMHeadModel(config)
+
+
+def save_tiny(path: Path, kind: str) -> Path:
+    """Llama gets a BOS-adding tokenizer with its own pad token; GPT-2 one without BOS or pad, like GPT-2."""
+    tokenizer = build_tokenizer(add_bos=kind == "llama")
+    model = build_model(kind, len(tokenizer))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return save_tiny(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    return save_tiny(tmp_path_factory.mktemp("tiny-gpt2"), "gpt2")
+
+
+@pytest.fixture(scope="session")
+def llama_tokenizer():
+    return build_tokenizer(add_bos=True)
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer():
+    return build_tokenizer(add_bos=False)
+
+
+def run_module(module: str, *args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `python -m module args` from the repo root, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+        timeout=timeout, env={**os.environ, **(env or {})},
+    )
