@@ -1,0 +1,187 @@
+import json
+
+import datasets
+import pytest
+import torch
+
+from conftest import REAL_DATA, SAMPLE, sample_records
+from trainer.data import (
+    IGNORE_INDEX, DataCollator, DataError, load_records, split_records, tokenize_records,
+)
+from trainer.prompts import get_template
+
+needs_real = pytest.mark.skipif(not REAL_DATA.exists(), reason="shared/data not beside the repo")
+GOOD = {"instruction": "Jawab.", "input": "Saya demam.", "output": "Minum air."}
+
+
+def write_lines(path, lines):
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def test_loads_json_lines_and_json_array(tmp_path):
+    records = sample_records()
+    assert len(load_records(str(SAMPLE)).records) == len(records) >= 40
+    array = tmp_path / "a.json"
+    array.write_text(json.dumps(records, ensure_ascii=False, indent=2), encoding="utf-8")
+    assert load_records(str(array)).records == records
+
+
+@needs_real
+def test_real_dataset_is_json_lines_with_5000_records():
+    loaded = load_records(str(REAL_DATA))
+    assert len(loaded.records) == 5000 and not loaded.skipped
+    assert loaded.records[0]["instruction"].startswith("Jika Anda seorang dokter")
+
+
+def test_missing_input_means_empty_and_bom_is_fine(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"instruction": "Apa itu flu?", "output": "Infeksi virus."}).encode())
+    assert load_records(str(path)).records == [{"instruction": "Apa itu flu?", "input": "", "output": "Infeksi virus."}]
+
+
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        ('{"instruction": "a", "output": ', "line 2: invalid JSON"),
+        ('{"instruction": "a", "input": ""}', "line 2: missing field 'output'"),
+        ('{"input": "x", "output": "y"}', "line 2: missing field 'instruction'"),
+        ('{"instruction": "a", "input": "", "output": 3}', "line 2: field 'output' is int, not a string"),
+        ('{"instruction": "a", "input": null, "output": "b"}', "line 2: field 'input' is NoneType, not a string"),
+        ('{"instruction": "  ", "input": "", "output": "b"}', "line 2: empty instruction"),
+        ('{"instruction": "a", "input": "", "output": ""}', "line 2: empty output"),
+        ('["a", "b"]', "line 2: expected a JSON object, got list"),
+    ],
+)
+def test_each_invalid_record_is_named(tmp_path, line, reason):
+    path = write_lines(tmp_path / "bad.jsonl", [json.dumps(GOOD), line, json.dumps(GOOD)])
+    with pytest.raises(DataError) as err:
+        load_records(path)
+    message = str(err.value)
+    assert reason in message and path in message
+    assert "1 invalid record(s) of 3" in message and "--skip_invalid" in message
+    loaded = load_records(path, skip_invalid=True)
+    assert len(loaded.records) == 2 and len(loaded.skipped) == 1
+
+
+def test_array_records_are_named_by_index(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps([GOOD, {"instruction": "a", "output": ""}]), encoding="utf-8")
+    with pytest.raises(DataError, match="record 1: empty output"):
+        load_records(str(path))
+
+
+def test_lists_twenty_problems_and_the_total(tmp_path):
+    path = write_lines(tmp_path / "bad.jsonl", [json.dumps(GOOD)] + ['{"instruction": ""}'] * 25)
+    with pytest.raises(DataError) as err:
+        load_records(path)
+    message = str(err.value)
+    assert "25 invalid record(s) of 26" in message
+    assert message.count("missing field 'output'") == 20
+    assert "line 21:" in message and "line 22:" not in message and "... and 5 more" in message
+
+
+def test_unknown_encoding_names_the_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(json.dumps(GOOD).encode() + b"\n" + '{"instruction": "nyeri dada", "input": "", "output": "caf\xe9"}'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"unknown encoding: byte 0xe9 on line 2 is not UTF-8\. Re-save the file as UTF-8"):
+        load_records(str(path))
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "is empty"),
+        ("  \n\n", "is empty"),
+        ("[]", "holds no records"),
+        ("question,answer\nwhy,because\n", "is not Alpaca data: it is neither a JSON array nor JSON Lines"),
+        ('{"question": "q", "answer": "a"}\n{"question": "q2", "answer": "a2"}\n', "is not Alpaca data: its records have the fields answer, question"),
+        ('{\n  "data": [\n    {"instruction": "a", "output": "b"}\n  ]\n}\n', "is not Alpaca data: it holds one JSON object with the fields data"),
+    ],
+)
+def test_not_alpaca_data_gets_one_sentence(tmp_path, content, message):
+    path = tmp_path / "x.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=message) as err:
+        load_records(str(path))
+    assert str(err.value).count("\n") == 0
+
+
+def test_missing_file_and_offline_hub_id(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_records(str(tmp_path / "nope.json"))
+    with pytest.raises(DataError, match="neither a local file nor a loadable Hub dataset"):
+        load_records("nobody-here/no-such-dataset")
+
+
+def test_split_is_deterministic_and_matches_the_original_notebook():
+    records = [{"instruction": f"q{i}", "input": "", "output": f"a{i}"} for i in range(200)]
+    train, val = split_records(records, 0.1)
+    assert (train, val) == split_records(records, 0.1)
+    assert len(val) == 20 and len(train) == 180
+    assert sorted(r["instruction"] for r in train + val) == sorted(r["instruction"] for r in records)
+    # The original: data["train"].train_test_split(test_size=val_set_size, shuffle=True, seed=42)
+    reference = datasets.Dataset.from_list(records).train_test_split(test_size=0.1, shuffle=True, seed=42)
+    assert val == list(reference["test"]) and train == list(reference["train"])
+    assert len(split_records(records, 30)[1]) == 30
+    assert split_records(records, 0) == (records, [])
+    with pytest.raises(DataError, match="--val_set_size 200 leaves no training records"):
+        split_records(records, 200)
+    with pytest.raises(DataError, match="--val_set_size 2.5"):
+        split_records(records, 2.5)
+
+
+def test_labels_mask_the_prompt_and_learn_the_eos(llama_tokenizer):
+    template = get_template("alpaca-id")
+    records = sample_records()[:5]
+    examples, stats = tokenize_records(records, llama_tokenizer, template, max_length=1024)
+    assert stats.examples == 5 and stats.truncated == 0
+    for rec, ex in zip(records, examples):
+        prompt_ids = llama_tokenizer(template.format(rec["instruction"], rec["input"]))["input_ids"]
+        response_ids = llama_tokenizer(rec["output"], add_special_tokens=False)["input_ids"]
+        # Pieces encoded separately, then concatenated (never a prefix assumption on the joined text).
+        assert ex["input_ids"] == prompt_ids + response_ids + [llama_tokenizer.eos_token_id]
+        assert ex["labels"][: len(prompt_ids)] == [IGNORE_INDEX] * len(prompt_ids)
+        assert ex["labels"][len(prompt_ids):] == response_ids + [llama_tokenizer.eos_token_id]
+        assert ex["input_ids"][0] == llama_tokenizer.bos_token_id
+        assert llama_tokenizer.decode(ex["input_ids"][len(prompt_ids):-1]) == rec["output"]
+
+
+def test_collator_with_pad_equal_to_eos_keeps_the_real_eos(gpt2_tokenizer):
+    tok = gpt2_tokenizer
+    eos = tok.eos_token_id
+    examples, _ = tokenize_records(sample_records()[:2] + sample_records()[-1:], tok, get_template("alpaca"), 1024)
+    batch = DataCollator(pad_token_id=eos)(examples)  # pad == eos, as in SmolLM2
+    for row, ex in enumerate(examples):
+        n = len(ex["input_ids"])
+        assert batch["labels"][row, n - 1] == eos  # the real EOS is learned ...
+        assert (batch["labels"][row, n:] == IGNORE_INDEX).all()  # ... the padding is not
+        assert batch["attention_mask"][row].sum() == n
+        assert (batch["input_ids"][row, n:] == eos).all()
+    assert batch["input_ids"].dtype == torch.long
+
+
+def test_truncation_cuts_the_prompt_first_and_keeps_bos(llama_tokenizer):
+    template = get_template("alpaca-id")
+    rec = {"instruction": "Jawab. " * 60, "input": "Saya batuk. " * 40, "output": "Minum obat batuk dan istirahat."}
+    response = llama_tokenizer(rec["output"], add_special_tokens=False)["input_ids"] + [llama_tokenizer.eos_token_id]
+    full, _ = tokenize_records([rec], llama_tokenizer, template, 4096)
+    assert len(full[0]["input_ids"]) > 128
+    (ex,), stats = tokenize_records([rec], llama_tokenizer, template, 128)
+    assert stats.truncated == 1 and stats.dropped == 0
+    assert len(ex["input_ids"]) == 128
+    assert ex["input_ids"][0] == llama_tokenizer.bos_token_id
+    assert ex["input_ids"][-len(response):] == response  # the whole answer survives
+    assert ex["labels"][-len(response):] == response
+    end_of_prompt = llama_tokenizer("### Tanggapan:", add_special_tokens=False)["input_ids"]
+    assert ex["input_ids"][-len(response) - len(end_of_prompt): -len(response)] == end_of_prompt
+    # Too short to hold anything learnable: dropped and counted, never kept empty.
+    examples, stats = tokenize_records([rec], llama_tokenizer, template, 2)
+    assert examples == [] and stats.dropped == 1
+
+
+def test_tokenizer_without_eos_is_refused(gpt2_tokenizer):
+    tok = gpt2_tokenizer.__class__(tokenizer_object=gpt2_tokenizer.backend_tokenizer)
+    assert tok.eos_token is None
+    with pytest.raises(DataError, match="no EOS token"):
+        tokenize_records(sample_records()[:1], tok, get_template("alpaca"), 64)
