@@ -1,0 +1,477 @@
+"""Supervised fine-tuning on Alpaca records (full or LoRA) with the Hugging Face Trainer.
+
+    python -m trainer.train --model_name_or_path smollm2-135m \
+        --data_path ../shared/data/GenMedGPT-5k-id.json --template alpaca-id \
+        --max_steps 20 --output_dir out
+
+stanford_alpaca's README command is accepted as written: `--evaluation_strategy` (now
+`--eval_strategy`) and `--warmup_ratio` (now a fractional `--warmup_steps`) are renamed, and the
+GPU-only `--tf32` and `--bf16` are dropped with a warning where they cannot help (see
+`_cpu_adjust`). Flags override a `--config file.yaml`.
+
+Steps: parse_args -> load_datasets -> load_model_and_tokenizer -> build_datasets -> build_trainer -> train -> save.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import transformers
+from transformers import HfArgumentParser, Trainer, TrainerCallback
+
+from trainer import data as data_lib
+from trainer.models import DEFAULT_MODEL, ModelError, load_model, load_tokenizer
+from trainer.prompts import DEFAULT_TEMPLATE, TEMPLATES, chat_template_for, get_template
+
+logger = logging.getLogger("trainer.train")
+
+
+class UsageError(Exception):
+    """A flag or flag combination that cannot work; the message names the flag and the fix."""
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default=DEFAULT_MODEL, metadata={"help": f"`{DEFAULT_MODEL}` (embedded, offline), a local folder or a Hub id."}
+    )
+    template: str = field(
+        default=DEFAULT_TEMPLATE, metadata={"help": f"Prompt template: {', '.join(TEMPLATES)}. Saved as the chat_template."}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run the model repo's own code (needs --model_revision)."})
+    model_revision: str | None = field(default=None, metadata={"help": "Hub commit to pin the model (and its remote code) to."})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 = full fine-tune (the original Spaces used 8)."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scaling = alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA path."})
+    lora_target_modules: str | None = field(
+        default=None, metadata={"help": "Comma-separated module names, e.g. q_proj,v_proj. Default: peft's choice for the architecture."}
+    )
+
+
+@dataclass
+class DataArguments:
+    data_path: str = field(default=None, metadata={"help": "Alpaca records: JSON array, JSON Lines, or a Hub dataset id."})
+    val_set_size: float = field(default=0.1, metadata={"help": "Validation share (<1) or count (>=1); 0 = none. Seed 42."})
+    skip_invalid: bool = field(default=False, metadata={"help": "Skip invalid records (and report the count) instead of stopping."})
+    max_eval_samples: int = field(
+        default=100,
+        metadata={"help": "Evaluate during training on the first N validation records (0 = all). A full pass over "
+                  "GenMedGPT's 500 takes ~10 min per evaluation for smollm2-135m on 2 CPU cores; "
+                  "`python -m trainer.evaluate` scores the whole split."},
+    )
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    model_max_length: int = field(default=512, metadata={"help": "Examples are truncated to this many tokens (prompt side first)."})
+    logging_steps: float = field(default=1, metadata={"help": "Log the training loss every N steps."})
+    fsdp_transformer_layer_cls_to_wrap: str | None = field(
+        default=None, metadata={"help": "Decoder layer class FSDP wraps (stanford_alpaca flag; multi-GPU runs)."}
+    )
+    config: str | None = field(default=None, metadata={"help": "YAML file of flags; flags given on the command line win."})
+
+    def __post_init__(self):
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # pinning needs an accelerator; on CPU it only warns
+        problems = []
+        if self.model_max_length < 8:
+            problems.append(f"--model_max_length {self.model_max_length} is too small; use e.g. 512.")
+        if self.warmup_steps < 0:
+            problems.append("--warmup_steps/--warmup_ratio must be >= 0.")
+        if problems:
+            raise ValueError(" ".join(problems))
+        super().__post_init__()
+
+
+# ------------------------------------------------------------------------------------ argument parsing
+
+
+def parse_args(argv: list[str]):
+    argv = _expand_config(list(argv))
+    argv = _rename_legacy(argv)
+    argv = _cpu_adjust(argv)
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    try:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    except ValueError as e:  # TrainingArguments.__post_init__ checks flag combinations
+        raise UsageError(str(e)) from None
+    problems = []
+    if not data_args.data_path:
+        problems.append("--data_path is required (a JSON/JSON Lines file of Alpaca records).")
+    if model_args.template not in TEMPLATES:
+        problems.append(f"--template {model_args.template!r} is unknown; choose one of {', '.join(TEMPLATES)}.")
+    if model_args.trust_remote_code and not model_args.model_revision:
+        problems.append("--trust_remote_code needs --model_revision COMMIT so the remote code is pinned.")
+    if model_args.lora_r < 0:
+        problems.append("--lora_r must be >= 0 (0 = full fine-tune).")
+    if problems:
+        raise UsageError("\n".join(problems))
+    return model_args, data_args, training_args
+
+
+def _expand_config(argv: list[str]) -> list[str]:
+    """Turn `--config f.yaml` into flags placed before the command line's, so the command line wins."""
+    path = _take_value(argv, "--config")
+    if path is None:
+        return argv
+    import yaml
+
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise UsageError(f"--config {path}: {e.strerror}.") from None
+    if not isinstance(cfg, dict):
+        raise UsageError(f"--config {path}: expected a mapping of flag names to values.")
+    flags = []
+    for key, value in cfg.items():
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        flags += [f"--{key}", *(str(v) for v in values)]
+    return flags + argv
+
+
+def _take_value(argv: list[str], flag: str) -> str | None:
+    """Remove `flag VALUE` / `flag=VALUE` from argv (all occurrences); return the last value."""
+    value = None
+    i = 0
+    while i < len(argv):
+        if argv[i] == flag:
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+            del argv[i : i + 2]
+        elif argv[i].startswith(flag + "="):
+            value = argv[i].split("=", 1)[1]
+            del argv[i]
+        else:
+            i += 1
+    return value
+
+
+def _take_bool(argv: list[str], flag: str) -> bool | None:
+    """Remove a boolean flag (`--bf16`, `--bf16 True`, `--bf16=false`) and return its value."""
+    value = None
+    i = 0
+    while i < len(argv):
+        if argv[i] == flag:
+            nxt = argv[i + 1].lower() if i + 1 < len(argv) else ""
+            if nxt in ("true", "false", "1", "0", "yes", "no"):
+                value = nxt in ("true", "1", "yes")
+                del argv[i : i + 2]
+            else:
+                value = True
+                del argv[i]
+        elif argv[i].startswith(flag + "="):
+            value = argv[i].split("=", 1)[1].lower() in ("true", "1", "yes")
+            del argv[i]
+        else:
+            i += 1
+    return value
+
+
+def _rename_legacy(argv: list[str]) -> list[str]:
+    """transformers 5 renamed or removed flags that stanford_alpaca's command still uses."""
+    renames = {"--evaluation_strategy": "--eval_strategy", "--warmup_ratio": "--warmup_steps"}
+    out = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        out.append(renames.get(name, name) + eq + value)
+    ratio = _take_value(out, "--warmup_steps")
+    if ratio is not None:
+        if "--warmup_ratio" in argv and float(ratio) >= 1:
+            raise UsageError(f"--warmup_ratio {ratio} must be below 1 (it is a share of the training steps).")
+        out += ["--warmup_steps", ratio]
+    return out
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 256, seconds: float = 0.05) -> float:
+    """Measured CPU matmul throughput. Flags lie in VMs: a CPU may list avx512_bf16 yet run bf16 fast,
+    or lack it and emulate bf16 at ~1% of fp32 speed, so we time it (~0.1 s)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b  # warm-up
+    start, reps = time.perf_counter(), 0
+    while reps < 2 or time.perf_counter() - start < seconds:
+        a @ b
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def cpu_has_fast_bf16() -> tuple[bool, str]:
+    fp32, bf16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
+    return bf16 >= 0.5 * fp32, f"bf16 matmul {bf16:.1f} GFLOP/s vs fp32 {fp32:.1f} GFLOP/s"
+
+
+def _cpu_adjust(argv: list[str], fast_bf16=cpu_has_fast_bf16) -> list[str]:
+    """Keep GPU-oriented flags from stopping (or crawling through) a CPU run; say so in a warning."""
+    use_cpu = bool(_take_bool(list(argv), "--use_cpu"))
+    on_gpu = torch.cuda.is_available() and not use_cpu
+    tf32 = _take_bool(argv, "--tf32")
+    if tf32 is not None:
+        if on_gpu:
+            argv += ["--tf32", str(tf32)]
+        elif tf32:
+            logger.warning("--tf32 ignored: TF32 is a CUDA (Ampere+) feature and this run is on the CPU.")
+    bf16 = _take_bool(argv, "--bf16")
+    if bf16 and not on_gpu:
+        fast, measured = fast_bf16()
+        if fast:
+            logger.info("--bf16 on CPU: this CPU runs bf16 fast (%s)", measured)
+            argv += ["--bf16", "True"] + ([] if use_cpu else ["--use_cpu", "True"])
+        else:
+            logger.warning(
+                "--bf16 ignored: this CPU emulates bf16 (%s; it lacks AVX-512-BF16/AMX), so bf16 "
+                "training would be many times slower. Training in fp32.", measured,
+            )
+    elif bf16 is not None:
+        argv += ["--bf16", str(bf16)]
+    fsdp = _take_value(argv, "--fsdp")
+    wrap = _take_value(argv, "--fsdp_transformer_layer_cls_to_wrap")
+    if fsdp:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size == 1:
+            logger.warning(
+                "--fsdp %r ignored: FSDP shards a model across processes; launch with "
+                "`torchrun --nproc_per_node=N -m trainer.train ...`. Training in one process.", fsdp
+            )
+        elif not on_gpu:
+            raise UsageError(
+                "--fsdp on CPU is not supported yet: the Trainer would silently run plain DDP (every rank "
+                "holding the whole model). Drop --fsdp to train with DDP, or run on CUDA GPUs."
+            )
+        else:
+            argv += ["--fsdp", fsdp]
+            if wrap:
+                argv += ["--fsdp_config", json.dumps({"transformer_layer_cls_to_wrap": wrap.split(",")})]
+    return argv
+
+
+# ---------------------------------------------------------------------------------------------- steps
+
+
+def load_datasets(data_args: DataArguments):
+    """Validated records, split; returns (train records, eval records, record counts)."""
+    loaded = data_lib.load_records(data_args.data_path, data_args.skip_invalid)
+    train_records, val_records = data_lib.split_records(loaded.records, data_args.val_set_size)
+    counts = {"valid": len(loaded.records), "skipped_invalid": len(loaded.skipped),
+              "train": len(train_records), "val": len(val_records)}
+    logger.info("data: %d valid records from %s (%d invalid skipped) -> %d train / %d validation",
+                counts["valid"], data_args.data_path, counts["skipped_invalid"], counts["train"], counts["val"])
+    if 0 < data_args.max_eval_samples < len(val_records):
+        logger.info("evaluating during training on the first %d of %d validation records (--max_eval_samples, 0 = all)",
+                    data_args.max_eval_samples, len(val_records))
+        val_records = val_records[: data_args.max_eval_samples]
+    counts["val_evaluated"] = len(val_records)
+    return train_records, val_records, counts
+
+
+def build_datasets(train_records, val_records, tokenizer, model_args, training_args):
+    """Tokenized examples and their stats per split."""
+    template = get_template(model_args.template)
+    examples, stats = {}, {}
+    for split, records in (("train", train_records), ("val", val_records)):
+        examples[split], stats[split] = data_lib.tokenize_records(records, tokenizer, template, training_args.model_max_length)
+        logger.info("%s: %d examples, %d learned tokens (%d truncated, %d dropped)", split,
+                    stats[split].examples, stats[split].learned_tokens, stats[split].truncated, stats[split].dropped)
+    if not examples["train"]:
+        raise data_lib.DataError("No training example left after tokenization.")
+    return examples, stats
+
+
+def load_model_and_tokenizer(model_args: ModelArguments, training_args: TrainingArguments):
+    kwargs = dict(trust_remote_code=model_args.trust_remote_code, revision=model_args.model_revision)
+    tokenizer = load_tokenizer(model_args.model_name_or_path, **kwargs)
+    tokenizer.model_max_length = training_args.model_max_length
+    if tokenizer.pad_token is None:
+        # Safe because padding is masked by position (data.DataCollator), never by token id.
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.chat_template = chat_template_for(tokenizer, get_template(model_args.template))
+    # fp32 weights: the Trainer's --bf16 autocasts on GPUs, and on CPUs without bf16 units fp32 is fastest.
+    model = load_model(model_args.model_name_or_path, dtype=torch.float32, **kwargs)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if model_args.lora_r:
+        model = _apply_lora(model, model_args)
+    return model, tokenizer
+
+
+def _apply_lora(model, model_args: ModelArguments):
+    from peft import LoraConfig, get_peft_model
+
+    targets = model_args.lora_target_modules.split(",") if model_args.lora_target_modules else None
+    config = LoraConfig(
+        r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+        target_modules=targets, task_type="CAUSAL_LM",
+    )
+    try:
+        model = get_peft_model(model, config)
+    except ValueError as e:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise UsageError(f"LoRA: {e}. Linear modules of this model: {', '.join(linear)}. Pass --lora_target_modules.") from None
+    # The adapter names its base as the user did (e.g. `smollm2-135m`), not a cache path on this machine.
+    base = model_args.model_name_or_path
+    model.peft_config["default"].base_model_name_or_path = os.path.abspath(base) if os.path.isdir(base) else base
+    return model
+
+
+class CountingTrainer(Trainer):
+    """Counts learned tokens (labels that enter the loss) of the batches it trains on."""
+
+    learned_tokens = 0
+    tokens = 0
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.learned_tokens += int((inputs["labels"][:, 1:] != data_lib.IGNORE_INDEX).sum())
+        self.tokens += int(inputs["attention_mask"].sum())
+        return super().training_step(model, inputs, num_items_in_batch)
+
+
+class LogLine(TrainerCallback):
+    """One line per log interval with the same keys: `step 20 | loss 1.23 | lr 2e-05 | 312 ms/step`."""
+
+    def __init__(self):
+        self.last = (time.perf_counter(), 0)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.last[1]:  # first step, or first after an evaluation
+            self.last = (time.perf_counter(), state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        now, step = time.perf_counter(), state.global_step
+        if "loss" in logs:
+            ms = 1000 * (now - self.last[0]) / max(step - self.last[1], 1)
+            logger.info("step %d | loss %.4f | lr %.3g | %.0f ms/step", step, logs["loss"], logs.get("learning_rate", 0), ms)
+            self.last = (now, step)
+        elif "eval_loss" in logs:
+            logger.info("step %d | eval_loss %.4f", step, logs["eval_loss"])
+            self.last = (now, step)  # evaluation time is not step time
+
+
+def build_trainer(model, tokenizer, train_examples, val_examples, training_args):
+    return CountingTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=data_lib.SupervisedDataset(train_examples),
+        # Sorted by length: evaluation order does not change the loss, and less padding is less compute.
+        eval_dataset=data_lib.SupervisedDataset(sorted(val_examples, key=lambda e: len(e["input_ids"]))) if val_examples else None,
+        data_collator=data_lib.DataCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=[LogLine()],
+    )
+
+
+def train(trainer: CountingTrainer, training_args: TrainingArguments, has_eval: bool) -> float:
+    resume = training_args.resume_from_checkpoint
+    if resume and resume.lower() in ("true", "last"):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        resume = get_last_checkpoint(training_args.output_dir)
+        if resume is None:
+            raise UsageError(f"--resume_from_checkpoint: no checkpoint-* folder in {training_args.output_dir}.")
+    elif resume and not os.path.isdir(resume):
+        raise UsageError(f"--resume_from_checkpoint {resume}: no such folder.")
+    # The eval curve starts before the first step (train() resets the log, so not a separate evaluate()).
+    trainer.args.eval_on_start = has_eval and not resume
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume)
+    wall = time.perf_counter() - start
+    last_eval = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
+    if has_eval and (last_eval is None or last_eval["step"] != trainer.state.global_step):
+        trainer.evaluate()
+    return wall
+
+
+def save(trainer, tokenizer, model_args, data_args, training_args, counts, stats, wall):
+    out = training_args.output_dir
+    trainer.save_model(out)  # safetensors weights, or only the adapter for LoRA
+    if not trainer.is_world_process_zero():
+        return None
+    tokenizer.save_pretrained(out)
+    history = trainer.state.log_history
+    train_losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    eval_losses = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    summary = {
+        "model": model_args.model_name_or_path,
+        "template": model_args.template,
+        "method": f"lora (r={model_args.lora_r}, alpha={model_args.lora_alpha})" if model_args.lora_r else "full",
+        "data_path": data_args.data_path,
+        "records": counts,
+        "examples": {split: asdict(s) for split, s in stats.items()},
+        "global_step": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "train_loss_first": train_losses[0][1] if train_losses else None,
+        "train_loss_final": train_losses[-1][1] if train_losses else None,
+        "eval_loss_initial": eval_losses[0][1] if eval_losses else None,
+        "eval_loss_final": eval_losses[-1][1] if eval_losses else None,
+        "learned_tokens_trained": trainer.learned_tokens,
+        "tokens_trained": trainer.tokens,
+        "wall_time_s": round(wall, 2),
+        "learned_tokens_per_second": round(trainer.learned_tokens / wall, 1) if wall > 0 else None,
+        "device": str(trainer.args.device),
+        "precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+    }
+    with open(os.path.join(out, "train_summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    plot_losses(train_losses, eval_losses, os.path.join(out, "loss.png"), title=f"{model_args.model_name_or_path} on {os.path.basename(data_args.data_path)}")
+    return summary
+
+
+def plot_losses(train_losses, eval_losses, path, title=""):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train_losses:
+        ax.plot(*zip(*train_losses), label="train loss", marker="." if len(train_losses) < 50 else None)
+    if eval_losses:
+        ax.plot(*zip(*eval_losses), label="eval loss", marker="o")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (learned tokens)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        model_args, data_args, training_args = parse_args(argv)
+        if training_args.process_index != 0:
+            logging.getLogger().setLevel(logging.WARNING)  # log on rank 0 only
+        logger.info("config: %s", json.dumps({**asdict(model_args), **asdict(data_args)}))
+        # Data first: a broken dataset stops before any model is loaded or file written.
+        train_records, val_records, counts = load_datasets(data_args)
+        model, tokenizer = load_model_and_tokenizer(model_args, training_args)
+        examples, stats = build_datasets(train_records, val_records, tokenizer, model_args, training_args)
+        trainer = build_trainer(model, tokenizer, examples["train"], examples["val"], training_args)
+        wall = train(trainer, training_args, has_eval=bool(examples["val"]))
+        summary = save(trainer, tokenizer, model_args, data_args, training_args, counts, stats, wall)
+    except (data_lib.DataError, ModelError, UsageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if summary:
+        logger.info(
+            "done in %.0f s: eval loss %s -> %s, %s learned tokens/s; saved to %s",
+            summary["wall_time_s"], summary["eval_loss_initial"], summary["eval_loss_final"],
+            summary["learned_tokens_per_second"], training_args.output_dir,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
