@@ -15,7 +15,7 @@ from pathlib import Path
 import gradio as gr
 
 from trainer.inference import ChatModel
-from trainer.models import DEFAULT_MODEL
+from trainer.models import DEFAULT_MODEL, ModelError
 from trainer.prompts import TEMPLATES
 
 DISCLAIMER = (
@@ -57,7 +57,10 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
     args = parser.parse_args()
-    chat = ChatModel.load(args.model, args.template)
+    try:
+        chat = ChatModel.load(args.model, args.template)
+    except ModelError as e:
+        raise SystemExit(f"error: {e}") from None
     build_demo(chat).queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port)
 
 

@@ -61,9 +61,8 @@ class DataArguments:
     skip_invalid: bool = field(default=False, metadata={"help": "Skip invalid records (and report the count) instead of stopping."})
     max_eval_samples: int = field(
         default=100,
-        metadata={"help": "Evaluate during training on the first N validation records (0 = all). A full pass over "
-                  "GenMedGPT's 500 takes ~10 min per evaluation for smollm2-135m on 2 CPU cores; "
-                  "`python -m trainer.evaluate` scores the whole split."},
+        metadata={"help": "Evaluate during training on the first N validation records (0 = all): a pass over "
+                  "GenMedGPT's 500 takes minutes per evaluation with smollm2-135m on 2 CPU cores."},
     )
 
 

@@ -4,7 +4,7 @@ import datasets
 import pytest
 import torch
 
-from conftest import REAL_DATA, SAMPLE, sample_records
+from conftest import REAL_DATA, SAMPLE, run_module, sample_records
 from trainer.data import (
     IGNORE_INDEX, DataCollator, DataError, load_records, split_records, tokenize_records,
 )
@@ -185,3 +185,14 @@ def test_tokenizer_without_eos_is_refused(gpt2_tokenizer):
     assert tok.eos_token is None
     with pytest.raises(DataError, match="no EOS token"):
         tokenize_records(sample_records()[:1], tok, get_template("alpaca"), 64)
+
+
+def test_cli_reports_counts_or_exits_2(tmp_path):
+    ok = run_module("trainer.data", SAMPLE)
+    assert ok.returncode == 0 and f"{SAMPLE}: 48 valid records (40 with input), 0 skipped" in ok.stdout
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(GOOD) + "\n{oops\n", encoding="utf-8")
+    failed = run_module("trainer.data", bad)
+    assert failed.returncode == 2 and "line 2: invalid JSON" in failed.stderr and "Traceback" not in failed.stderr
+    skipped = run_module("trainer.data", bad, "--skip_invalid")
+    assert skipped.returncode == 0 and "1 valid records (1 with input), 1 skipped" in skipped.stdout
