@@ -380,11 +380,10 @@ def train(trainer: CountingTrainer, training_args: TrainingArguments, has_eval: 
     trainer.args.eval_on_start = has_eval and not resume
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
-    wall = time.perf_counter() - start
     last_eval = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
     if has_eval and (last_eval is None or last_eval["step"] != trainer.state.global_step):
         trainer.evaluate()
-    return wall
+    return time.perf_counter() - start  # training plus its evaluations
 
 
 def save(trainer, tokenizer, model_args, data_args, training_args, counts, stats, wall):
