@@ -1,15 +1,19 @@
-"""Supervised fine-tuning on Alpaca records (full or LoRA) with the Hugging Face Trainer.
+"""Supervised fine-tuning on Alpaca records (full or LoRA): one process, DDP, or FSDP.
 
     python -m trainer.train --model_name_or_path smollm2-135m \
         --data_path ../shared/data/GenMedGPT-5k-id.json --template alpaca-id \
         --max_steps 20 --output_dir out
+    torchrun --nproc_per_node=2 -m trainer.train --fsdp "full_shard auto_wrap" ...   # sharded
+
+One process and DDP (torchrun without --fsdp) run the Hugging Face Trainer; --fsdp under torchrun
+runs trainer/fsdp.py, which really shards parameters on GPUs and CPUs alike.
 
 stanford_alpaca's README command is accepted as written: `--evaluation_strategy` (now
 `--eval_strategy`) and `--warmup_ratio` (now a fractional `--warmup_steps`) are renamed, and the
 GPU-only `--tf32` and `--bf16` are dropped with a warning where they cannot help (see
 `_cpu_adjust`). Flags override a `--config file.yaml`.
 
-Steps: parse_args -> load_datasets -> load_model_and_tokenizer -> build_datasets -> build_trainer -> train -> save.
+Steps: parse_args -> load_datasets -> load_model_and_tokenizer -> build_datasets -> train (Trainer or FSDP) -> save.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import transformers
 from transformers import HfArgumentParser, Trainer, TrainerCallback
 
 from trainer import data as data_lib
+from trainer import fsdp as fsdp_lib
 from trainer.models import DEFAULT_MODEL, ModelError, load_model, load_tokenizer
 from trainer.prompts import DEFAULT_TEMPLATE, TEMPLATES, chat_template_for, get_template
 
@@ -70,10 +75,14 @@ class DataArguments:
 class TrainingArguments(transformers.TrainingArguments):
     model_max_length: int = field(default=512, metadata={"help": "Examples are truncated to this many tokens (prompt side first)."})
     logging_steps: float = field(default=1, metadata={"help": "Log the training loss every N steps."})
+    fsdp_mode: str | None = field(
+        default=None, metadata={"help": "What `--fsdp` sets: e.g. \"full_shard auto_wrap\" (under torchrun)."}
+    )
     fsdp_transformer_layer_cls_to_wrap: str | None = field(
-        default=None, metadata={"help": "Decoder layer class FSDP wraps (stanford_alpaca flag; multi-GPU runs)."}
+        default=None, metadata={"help": "Decoder layer class FSDP shards; default: detected from the model."}
     )
     config: str | None = field(default=None, metadata={"help": "YAML file of flags; flags given on the command line win."})
+    strategy: str = field(default="single", init=False, metadata={"help": "single, ddp or fsdp; chosen from the launch."})
 
     def __post_init__(self):
         if not torch.cuda.is_available():
@@ -109,9 +118,33 @@ def parse_args(argv: list[str]):
         problems.append("--trust_remote_code needs --model_revision COMMIT so the remote code is pinned.")
     if model_args.lora_r < 0:
         problems.append("--lora_r must be >= 0 (0 = full fine-tune).")
+    try:
+        training_args.strategy = choose_strategy(training_args)
+    except fsdp_lib.FsdpError as e:
+        problems.append(str(e))
     if problems:
         raise UsageError("\n".join(problems))
     return model_args, data_args, training_args
+
+
+def choose_strategy(args: TrainingArguments) -> str:
+    """"fsdp" (trainer/fsdp.py), "ddp" (Trainer under torchrun) or "single" (Trainer)."""
+    if not args.fsdp_mode and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        # `accelerate launch --config_file trainer/configs/accelerate_fsdp.yaml`: same as --fsdp.
+        args.fsdp_mode = "full_shard auto_wrap"
+        args.fsdp_transformer_layer_cls_to_wrap = args.fsdp_transformer_layer_cls_to_wrap or os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP") or None
+    launched = "LOCAL_RANK" in os.environ  # set by torchrun / accelerate launch
+    if args.fsdp_mode:
+        fsdp_lib.parse_mode(args.fsdp_mode)
+        if launched:
+            return "fsdp"
+        logger.warning(
+            "--fsdp %r ignored: FSDP shards a model across processes, so it needs a launcher: "
+            "`torchrun --nproc_per_node=N -m trainer.train ...`. Training in one process.", args.fsdp_mode,
+        )
+        args.fsdp_mode = None
+        return "single"
+    return "ddp" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "single"
 
 
 def _expand_config(argv: list[str]) -> list[str]:
@@ -176,7 +209,8 @@ def _take_bool(argv: list[str], flag: str) -> bool | None:
 
 def _rename_legacy(argv: list[str]) -> list[str]:
     """transformers 5 renamed or removed flags that stanford_alpaca's command still uses."""
-    renames = {"--evaluation_strategy": "--eval_strategy", "--warmup_ratio": "--warmup_steps"}
+    # --fsdp goes to our own field: trainer/fsdp.py shards, not the Trainer (which degrades to DDP on CPUs).
+    renames = {"--evaluation_strategy": "--eval_strategy", "--warmup_ratio": "--warmup_steps", "--fsdp": "--fsdp_mode"}
     out = []
     for arg in argv:
         name, eq, value = arg.partition("=")
@@ -229,24 +263,11 @@ def _cpu_adjust(argv: list[str], fast_bf16=cpu_has_fast_bf16) -> list[str]:
             )
     elif bf16 is not None:
         argv += ["--bf16", str(bf16)]
-    fsdp = _take_value(argv, "--fsdp")
-    wrap = _take_value(argv, "--fsdp_transformer_layer_cls_to_wrap")
-    if fsdp:
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        if world_size == 1:
-            logger.warning(
-                "--fsdp %r ignored: FSDP shards a model across processes; launch with "
-                "`torchrun --nproc_per_node=N -m trainer.train ...`. Training in one process.", fsdp
-            )
-        elif not on_gpu:
-            raise UsageError(
-                "--fsdp on CPU is not supported yet: the Trainer would silently run plain DDP (every rank "
-                "holding the whole model). Drop --fsdp to train with DDP, or run on CUDA GPUs."
-            )
-        else:
-            argv += ["--fsdp", fsdp]
-            if wrap:
-                argv += ["--fsdp_config", json.dumps({"transformer_layer_cls_to_wrap": wrap.split(",")})]
+    fsdp = any(a.startswith("--fsdp_mode") for a in argv) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    if not on_gpu and not use_cpu and not fsdp and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Without use_cpu the Trainer leaves CPU processes unconnected under torchrun: each would
+        # train alone on all the data and write the same files. With it they run DDP over gloo.
+        argv += ["--use_cpu", "True"]
     return argv
 
 
@@ -330,9 +351,15 @@ class CountingTrainer(Trainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
 
-class LogLine(TrainerCallback):
-    """One line per log interval with the same keys: `step 20 | loss 1.23 | lr 2e-05 | 312 ms/step`."""
+def log_step(step: int, loss=None, lr=None, ms=None, eval_loss=None) -> None:
+    """One line per interval with the same keys: `step 20 | loss 1.23 | lr 2e-05 | 312 ms/step`."""
+    if eval_loss is not None:
+        logger.info("step %d | eval_loss %.4f", step, eval_loss)
+    else:
+        logger.info("step %d | loss %.4f | lr %.3g | %.0f ms/step", step, loss, lr, ms)
 
+
+class LogLine(TrainerCallback):
     def __init__(self):
         self.last = (time.perf_counter(), 0)
 
@@ -345,37 +372,41 @@ class LogLine(TrainerCallback):
             return
         now, step = time.perf_counter(), state.global_step
         if "loss" in logs:
-            ms = 1000 * (now - self.last[0]) / max(step - self.last[1], 1)
-            logger.info("step %d | loss %.4f | lr %.3g | %.0f ms/step", step, logs["loss"], logs.get("learning_rate", 0), ms)
+            log_step(step, logs["loss"], logs.get("learning_rate", 0), 1000 * (now - self.last[0]) / max(step - self.last[1], 1))
             self.last = (now, step)
         elif "eval_loss" in logs:
-            logger.info("step %d | eval_loss %.4f", step, logs["eval_loss"])
+            log_step(step, eval_loss=logs["eval_loss"])
             self.last = (now, step)  # evaluation time is not step time
 
 
-def build_trainer(model, tokenizer, train_examples, val_examples, training_args):
-    return CountingTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=data_lib.SupervisedDataset(train_examples),
-        # Sorted by length: evaluation order does not change the loss, and less padding is less compute.
-        eval_dataset=data_lib.SupervisedDataset(sorted(val_examples, key=lambda e: len(e["input_ids"]))) if val_examples else None,
-        data_collator=data_lib.DataCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer,
-        callbacks=[LogLine()],
-    )
-
-
-def train(trainer: CountingTrainer, training_args: TrainingArguments, has_eval: bool) -> float:
+def resolve_resume(training_args: TrainingArguments) -> str | None:
     resume = training_args.resume_from_checkpoint
     if resume and resume.lower() in ("true", "last"):
         from transformers.trainer_utils import get_last_checkpoint
 
-        resume = get_last_checkpoint(training_args.output_dir)
+        resume = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
         if resume is None:
             raise UsageError(f"--resume_from_checkpoint: no checkpoint-* folder in {training_args.output_dir}.")
     elif resume and not os.path.isdir(resume):
         raise UsageError(f"--resume_from_checkpoint {resume}: no such folder.")
+    training_args.resume_from_checkpoint = resume
+    return resume
+
+
+def train_with_trainer(model, tokenizer, examples, training_args) -> tuple[fsdp_lib.RunResult, Trainer]:
+    """One process or DDP: the Hugging Face Trainer."""
+    trainer = CountingTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=data_lib.SupervisedDataset(examples["train"]),
+        # Sorted by length: evaluation order does not change the loss, and less padding is less compute.
+        eval_dataset=data_lib.SupervisedDataset(sorted(examples["val"], key=lambda e: len(e["input_ids"]))) if examples["val"] else None,
+        data_collator=data_lib.DataCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=[LogLine()],
+    )
+    resume = training_args.resume_from_checkpoint
+    has_eval = bool(examples["val"])
     # The eval curve starts before the first step (train() resets the log, so not a separate evaluate()).
     trainer.args.eval_on_start = has_eval and not resume
     start = time.perf_counter()
@@ -383,16 +414,33 @@ def train(trainer: CountingTrainer, training_args: TrainingArguments, has_eval: 
     last_eval = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
     if has_eval and (last_eval is None or last_eval["step"] != trainer.state.global_step):
         trainer.evaluate()
-    return time.perf_counter() - start  # training plus its evaluations
+    wall = time.perf_counter() - start  # training plus its evaluations
+    learned, tokens, local = trainer.learned_tokens, trainer.tokens, [fsdp_lib.local_numel(model)]
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        learned, tokens = (int(v) for v in fsdp_lib.all_sum(learned, tokens, device=training_args.device))
+        local = fsdp_lib.gather(local[0])
+    parallel = {"world_size": training_args.world_size, "strategy": training_args.strategy, "wrapped_class": None,
+                "wrapped_units": 0, "total_params": sum(p.numel() for p in model.parameters()), "local_params_per_rank": local}
+    result = fsdp_lib.RunResult(trainer.state.log_history, trainer.state.global_step, trainer.state.epoch,
+                                learned, tokens, wall, parallel)
+    return result, trainer
 
 
-def save(trainer, tokenizer, model_args, data_args, training_args, counts, stats, wall):
+def process_rank(training_args) -> int:
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else training_args.process_index
+
+
+def save(model, trainer, tokenizer, model_args, data_args, training_args, counts, stats, result):
     out = training_args.output_dir
-    trainer.save_model(out)  # safetensors weights, or only the adapter for LoRA
-    if not trainer.is_world_process_zero():
+    if training_args.strategy == "fsdp":
+        fsdp_lib.save_consolidated(model, out, trust_remote_code=model_args.trust_remote_code)
+    else:
+        trainer.save_model(out)  # safetensors weights, or only the adapter for LoRA
+    if process_rank(training_args) != 0:
         return None
     tokenizer.save_pretrained(out)
-    history = trainer.state.log_history
+    history = result.log_history
     train_losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
     eval_losses = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
     summary = {
@@ -402,17 +450,18 @@ def save(trainer, tokenizer, model_args, data_args, training_args, counts, stats
         "data_path": data_args.data_path,
         "records": counts,
         "examples": {split: asdict(s) for split, s in stats.items()},
-        "global_step": trainer.state.global_step,
-        "epochs": trainer.state.epoch,
+        **result.parallel,
+        "global_step": result.global_step,
+        "epochs": result.epoch,
         "train_loss_first": train_losses[0][1] if train_losses else None,
         "train_loss_final": train_losses[-1][1] if train_losses else None,
         "eval_loss_initial": eval_losses[0][1] if eval_losses else None,
         "eval_loss_final": eval_losses[-1][1] if eval_losses else None,
-        "learned_tokens_trained": trainer.learned_tokens,
-        "tokens_trained": trainer.tokens,
-        "wall_time_s": round(wall, 2),
-        "learned_tokens_per_second": round(trainer.learned_tokens / wall, 1) if wall > 0 else None,
-        "device": str(trainer.args.device),
+        "learned_tokens_trained": result.learned_tokens,
+        "tokens_trained": result.tokens,
+        "wall_time_s": round(result.wall, 2),
+        "learned_tokens_per_second": round(result.learned_tokens / result.wall, 1) if result.wall > 0 else None,
+        "device": str(training_args.device),
         "precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
         "transformers_version": transformers.__version__,
         "torch_version": torch.__version__,
@@ -449,17 +498,23 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         model_args, data_args, training_args = parse_args(argv)
-        if training_args.process_index != 0:
+        if training_args.strategy == "fsdp":
+            fsdp_lib.init_process_group(training_args)
+        if process_rank(training_args) != 0:
             logging.getLogger().setLevel(logging.WARNING)  # log on rank 0 only
         logger.info("config: %s", json.dumps({**asdict(model_args), **asdict(data_args)}))
         # Data first: a broken dataset stops before any model is loaded or file written.
         train_records, val_records, counts = load_datasets(data_args)
+        resolve_resume(training_args)
+        transformers.set_seed(training_args.seed)  # identical LoRA init on every rank: FSDP shards, it does not broadcast
         model, tokenizer = load_model_and_tokenizer(model_args, training_args)
         examples, stats = build_datasets(train_records, val_records, tokenizer, model_args, training_args)
-        trainer = build_trainer(model, tokenizer, examples["train"], examples["val"], training_args)
-        wall = train(trainer, training_args, has_eval=bool(examples["val"]))
-        summary = save(trainer, tokenizer, model_args, data_args, training_args, counts, stats, wall)
-    except (data_lib.DataError, ModelError, UsageError) as e:
+        if training_args.strategy == "fsdp":
+            result, trainer = fsdp_lib.train(model, tokenizer, examples["train"], examples["val"], training_args, log_step), None
+        else:
+            result, trainer = train_with_trainer(model, tokenizer, examples, training_args)
+        summary = save(model, trainer, tokenizer, model_args, data_args, training_args, counts, stats, result)
+    except (data_lib.DataError, ModelError, UsageError, fsdp_lib.FsdpError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if summary:

@@ -1,0 +1,361 @@
+"""Fully sharded data parallel training (FSDP2) on CUDA (nccl) and on CPU (gloo).
+
+    torchrun --nproc_per_node=2 -m trainer.train --fsdp "full_shard auto_wrap" \
+        --data_path ../shared/data/GenMedGPT-5k-id.json --max_steps 10 --output_dir out
+
+Why a loop of our own rather than the HF Trainer: with `use_cpu` the Trainer and accelerate
+silently run plain DDP when `--fsdp` is given, every rank holding the whole model. Here each
+decoder layer (and then the root) goes through `torch.distributed.fsdp.fully_shard`, so every rank
+holds 1/world_size of each parameter, on any device. The loop keeps the Trainer's semantics that
+matter for comparable runs: the same AdamW, scheduler, warmup, gradient clipping and accumulation,
+and the loss averaged over all learned tokens of the global batch.
+
+Checkpoints: `checkpoint-N/` holds the sharded model and optimizer state (torch.distributed.checkpoint)
+plus the step, scheduler and log, and resumes with `--resume_from_checkpoint`. The final model is
+consolidated once, on rank 0's CPU, into a normal safetensors checkpoint (or a LoRA adapter).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+
+from trainer.data import IGNORE_INDEX, DataCollator, SupervisedDataset
+
+logger = logging.getLogger("trainer.fsdp")
+
+FSDP_OPTIONS = {"full_shard", "shard_grad_op", "auto_wrap", "offload"}
+
+
+class FsdpError(Exception):
+    """An FSDP configuration that cannot work; the message names the fix."""
+
+
+def init_process_group(args) -> None:
+    """nccl between GPUs, gloo between CPU processes; torchrun's environment says who is who."""
+    if not dist.is_initialized():
+        on_gpu = torch.cuda.is_available() and not args.use_cpu
+        dist.init_process_group(backend="nccl" if on_gpu else "gloo")
+
+
+def parse_mode(mode: str) -> set[str]:
+    options = set(mode.replace(",", " ").split())
+    unknown = options - FSDP_OPTIONS
+    if unknown:
+        raise FsdpError(f"--fsdp {mode!r}: unknown option(s) {', '.join(sorted(unknown))}; use e.g. \"full_shard auto_wrap\".")
+    if not options & {"full_shard", "shard_grad_op"}:
+        raise FsdpError(f"--fsdp {mode!r}: say how to shard: full_shard or shard_grad_op.")
+    return options
+
+
+def layer_classes(model: torch.nn.Module) -> list[str]:
+    """Names of the repeated blocks of a model (the children of its ModuleLists)."""
+    names = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList):
+            names += [type(child).__name__ for child in module]
+    return list(dict.fromkeys(names))
+
+
+def detect_layer_class(model: torch.nn.Module, requested: str | None = None) -> type:
+    """The decoder layer class to shard: the one named, or the model's `_no_split_modules`."""
+    present = {type(m).__name__: type(m) for m in model.modules()}
+    if requested:
+        if requested not in present:
+            raise FsdpError(
+                f"--fsdp_transformer_layer_cls_to_wrap {requested}: this model has no such layer. "
+                f"Its layer classes: {', '.join(layer_classes(model)) or '(none)'}. "
+                "Drop the flag to detect it from the model."
+            )
+        return present[requested]
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for name in getattr(base, "_no_split_modules", None) or []:
+        if name in present:
+            return present[name]
+    repeated = layer_classes(model)
+    if len(repeated) == 1:
+        return present[repeated[0]]
+    raise FsdpError(
+        f"Cannot tell which layer to shard in {type(base).__name__}: pass "
+        f"--fsdp_transformer_layer_cls_to_wrap (its layer classes: {', '.join(repeated) or '(none)'})."
+    )
+
+
+def local_numel(model: torch.nn.Module) -> int:
+    """Parameter elements this rank holds in memory (a DTensor's local shard, or the whole tensor)."""
+    return sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())
+
+
+@dataclass
+class RunResult:
+    """What a training run reports to the summary, whichever loop ran it."""
+
+    log_history: list[dict] = field(default_factory=list)
+    global_step: int = 0
+    epoch: float = 0.0
+    learned_tokens: int = 0
+    tokens: int = 0
+    wall: float = 0.0
+    parallel: dict = field(default_factory=dict)
+
+
+def gather(value) -> list:
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def all_sum(*values: float, device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def shard(model, args, wrap_name: str | None):
+    """fully_shard every decoder layer, then the root; returns (layer class name, units wrapped)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    options = parse_mode(args.fsdp_mode)
+    layer_cls = detect_layer_class(model, wrap_name)
+    device_type = "cuda" if torch.cuda.is_available() and not args.use_cpu else "cpu"
+    mesh = init_device_mesh(device_type, (dist.get_world_size(),))
+    kwargs = dict(mesh=mesh, reshard_after_forward="full_shard" in options)
+    if args.bf16:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    if "offload" in options:
+        if device_type == "cpu":
+            logger.warning("--fsdp offload ignored: parameters already live in CPU memory")
+        else:
+            kwargs["offload_policy"] = CPUOffloadPolicy()
+    units = 0
+    if "auto_wrap" in options:
+        for module in list(model.modules()):
+            if isinstance(module, layer_cls):
+                fully_shard(module, **kwargs)
+                units += 1
+    fully_shard(model, **kwargs)
+    return layer_cls.__name__, units + 1
+
+
+def _loss_sum(model, batch) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over learned tokens, and their count (labels shifted as in the HF models)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    logits = logits[:, :-1].float()
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    return loss, int((labels != IGNORE_INDEX).sum())
+
+
+def _evaluate(model, val_examples, collator, batch_size, device) -> float:
+    """Token-weighted eval loss. Batches go round-robin to ranks; a rank short of batches runs a
+    zero-weight batch so that every rank makes the same collective calls."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    ordered = sorted(val_examples, key=lambda e: len(e["input_ids"]))
+    batches = [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+    mine = batches[rank::world]
+    rounds = math.ceil(len(batches) / world)
+    total = count = 0.0
+    model.eval()
+    with torch.no_grad():
+        for i in range(rounds):
+            real = i < len(mine)
+            batch = {k: v.to(device) for k, v in collator(mine[i] if real else batches[0]).items()}
+            loss, n = _loss_sum(model, batch)
+            if real:
+                total += float(loss)
+                count += n
+    model.train()
+    total, count = all_sum(total, count, device=device)
+    return total / max(count, 1)
+
+
+def train(model, tokenizer, train_examples, val_examples, args, log_line) -> RunResult:
+    """Train `model` sharded across the torchrun processes; returns what the summary needs."""
+    from transformers import get_scheduler
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if torch.cuda.is_available() and not args.use_cpu else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        model.to(device)
+    total_params = sum(p.numel() for p in model.parameters())
+    wrapped_class, units = shard(model, args, args.fsdp_transformer_layer_cls_to_wrap)
+    result = RunResult(parallel={
+        "world_size": world, "strategy": "fsdp", "fsdp": args.fsdp_mode, "wrapped_class": wrapped_class,
+        "wrapped_units": units, "total_params": total_params, "local_params_per_rank": gather(local_numel(model)),
+    })
+    logger.info("fsdp: %d ranks, %d units of %s + root, %s parameter elements per rank (of %d)",
+                world, units - 1, wrapped_class, result.parallel["local_params_per_rank"], total_params)
+
+    collator = DataCollator(tokenizer.pad_token_id)
+    dataset = SupervisedDataset(train_examples)
+    # Rank r takes positions r, r+world, ... of one seeded permutation, so for the same global batch the
+    # optimizer sees the same examples whatever the number of ranks.
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
+    loader = DataLoader(dataset, batch_size=args.per_device_train_batch_size, sampler=sampler, collate_fn=collator)
+    accum = args.gradient_accumulation_steps
+    steps_per_epoch = max(len(loader) // accum, 1)
+    max_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [{"params": [p for p in params if p.ndim >= 2], "weight_decay": args.weight_decay},
+         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
+        lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
+    )
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.get_warmup_steps(max_steps),
+                              num_training_steps=max_steps)
+    step = 0
+    if args.resume_from_checkpoint:
+        step, result.log_history = _load_checkpoint(args.resume_from_checkpoint, model, optimizer, scheduler)
+        logger.info("resumed from %s at step %d", args.resume_from_checkpoint, step)
+    elif val_examples:
+        eval_loss = _evaluate(model, val_examples, collator, args.per_device_eval_batch_size, device)
+        result.log_history.append({"eval_loss": eval_loss, "step": 0, "epoch": 0.0})
+        log_line(0, eval_loss=eval_loss)
+
+    start = time.perf_counter()
+    model.train()
+    progress = _progress(max_steps, step, rank)
+    micro = iter(())
+    epoch = step // steps_per_epoch
+    skip = (step % steps_per_epoch) * accum  # micro-batches of this epoch already trained on
+    while step < max_steps:
+        batches = []
+        while len(batches) < accum:
+            try:
+                batch = next(micro)
+            except StopIteration:
+                sampler.set_epoch(epoch)
+                micro = iter(loader)
+                for _ in range(skip):
+                    next(micro)
+                skip, epoch = 0, epoch + 1
+                continue
+            batches.append(batch)
+        tic = time.perf_counter()
+        local_learned = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+        (global_learned,) = all_sum(local_learned, device=device)
+        total = 0.0
+        for b in batches:
+            b = {k: v.to(device) for k, v in b.items()}
+            loss, _ = _loss_sum(model, b)
+            # Gradients are averaged over ranks, so scale by world / global count for a per-token mean.
+            (loss * world / max(global_learned, 1)).backward()
+            total += float(loss)
+            result.tokens += int(b["attention_mask"].sum())
+        result.learned_tokens += local_learned
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm) if args.max_grad_norm else None
+        optimizer.step()
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        (total,) = all_sum(total, device=device)
+        train_loss = total / max(global_learned, 1)
+        ms = 1000 * (time.perf_counter() - tic)
+        entry = {"loss": train_loss, "learning_rate": lr, "step": step, "epoch": step / steps_per_epoch}
+        if grad_norm is not None:
+            entry["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        if step % max(int(args.logging_steps), 1) == 0 or step == max_steps:
+            result.log_history.append(entry)
+            log_line(step, loss=train_loss, lr=lr, ms=ms)
+        if val_examples and str(args.eval_strategy) in ("steps", "IntervalStrategy.STEPS") and args.eval_steps and step % int(args.eval_steps) == 0:
+            eval_loss = _evaluate(model, val_examples, collator, args.per_device_eval_batch_size, device)
+            result.log_history.append({"eval_loss": eval_loss, "step": step, "epoch": step / steps_per_epoch})
+            log_line(step, eval_loss=eval_loss)
+        if str(args.save_strategy) in ("steps", "SaveStrategy.STEPS") and args.save_steps and step % int(args.save_steps) == 0:
+            _save_checkpoint(args, step, model, optimizer, scheduler, result.log_history)
+        progress.update(1) if progress else None
+    if progress:
+        progress.close()
+    if val_examples and not any(h.get("step") == step and "eval_loss" in h for h in result.log_history):
+        eval_loss = _evaluate(model, val_examples, collator, args.per_device_eval_batch_size, device)
+        result.log_history.append({"eval_loss": eval_loss, "step": step, "epoch": step / steps_per_epoch})
+        log_line(step, eval_loss=eval_loss)
+    result.wall = time.perf_counter() - start
+    result.global_step, result.epoch = step, step / steps_per_epoch
+    result.learned_tokens = int(all_sum(result.learned_tokens, device=device)[0])
+    result.tokens = int(all_sum(result.tokens, device=device)[0])
+    return result
+
+
+def _progress(total, done, rank):
+    if rank != 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, desc="fsdp steps")
+
+
+def _save_checkpoint(args, step, model, optimizer, scheduler, log_history):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    path = os.path.join(args.output_dir, f"checkpoint-{step}")
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
+    if dist.get_rank() == 0:
+        torch.save(scheduler.state_dict(), os.path.join(path, "scheduler.pt"))
+        with open(os.path.join(path, "trainer_state.json"), "w") as f:
+            json.dump({"global_step": step, "log_history": log_history, "world_size": dist.get_world_size()}, f, indent=2)
+        if args.save_total_limit:
+            _rotate(args.output_dir, args.save_total_limit)
+    dist.barrier()
+
+
+def _rotate(output_dir, limit):
+    checkpoints = sorted((d for d in os.listdir(output_dir) if d.startswith("checkpoint-")), key=lambda d: int(d.split("-")[1]))
+    for old in checkpoints[:-limit]:
+        shutil.rmtree(os.path.join(output_dir, old), ignore_errors=True)
+
+
+def _load_checkpoint(path, model, optimizer, scheduler):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    state_file = os.path.join(path, "trainer_state.json")
+    if not os.path.exists(state_file):
+        raise FsdpError(f"{path} is not an FSDP checkpoint of this trainer (missing trainer_state.json).")
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=path)  # resharded on load: the world size may differ from the saving run's
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    scheduler.load_state_dict(torch.load(os.path.join(path, "scheduler.pt"), weights_only=True))
+    with open(state_file) as f:
+        saved = json.load(f)
+    return saved["global_step"], saved["log_history"]
+
+
+def save_consolidated(model, output_dir: str, trust_remote_code: bool = False) -> None:
+    """Gather the full state dict onto rank 0's CPU (never whole on any accelerator) and save it there."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.get_rank() == 0:
+        if hasattr(model, "peft_config"):
+            from peft import get_peft_model_state_dict
+
+            model.save_pretrained(output_dir, state_dict=get_peft_model_state_dict(model, state_dict=full))
+        else:
+            from transformers import AutoModelForCausalLM
+
+            with torch.device("meta"):
+                plain = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32, trust_remote_code=trust_remote_code)
+            plain.load_state_dict(full, assign=True)
+            plain.tie_weights()
+            plain.generation_config = model.generation_config
+            plain.save_pretrained(output_dir)
+    dist.barrier()
