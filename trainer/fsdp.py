@@ -186,6 +186,7 @@ def train(model, tokenizer, train_examples, val_examples, args, log_line) -> Run
     from transformers import get_scheduler
 
     rank, world = dist.get_rank(), dist.get_world_size()
+    warn_unsupported(args)
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if torch.cuda.is_available() and not args.use_cpu else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -206,7 +207,7 @@ def train(model, tokenizer, train_examples, val_examples, args, log_line) -> Run
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
     loader = DataLoader(dataset, batch_size=args.per_device_train_batch_size, sampler=sampler, collate_fn=collator)
     accum = args.gradient_accumulation_steps
-    steps_per_epoch = max(len(loader) // accum, 1)
+    steps_per_epoch = math.ceil(len(loader) / accum)  # an epoch's last step may have fewer micro-batches
     max_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -229,22 +230,13 @@ def train(model, tokenizer, train_examples, val_examples, args, log_line) -> Run
     start = time.perf_counter()
     model.train()
     progress = _progress(max_steps, step, rank)
-    micro = iter(())
-    epoch = step // steps_per_epoch
-    skip = (step % steps_per_epoch) * accum  # micro-batches of this epoch already trained on
+    micro = _micro_batches(loader, sampler, epoch=step // steps_per_epoch, skip=(step % steps_per_epoch) * accum)
     while step < max_steps:
         batches = []
-        while len(batches) < accum:
-            try:
-                batch = next(micro)
-            except StopIteration:
-                sampler.set_epoch(epoch)
-                micro = iter(loader)
-                for _ in range(skip):
-                    next(micro)
-                skip, epoch = 0, epoch + 1
-                continue
+        for index, batch in micro:
             batches.append(batch)
+            if len(batches) == accum or index == len(loader) - 1:
+                break
         tic = time.perf_counter()
         local_learned = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
         (global_learned,) = all_sum(local_learned, device=device)
@@ -269,16 +261,17 @@ def train(model, tokenizer, train_examples, val_examples, args, log_line) -> Run
         entry = {"loss": train_loss, "learning_rate": lr, "step": step, "epoch": step / steps_per_epoch}
         if grad_norm is not None:
             entry["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-        if step % max(int(args.logging_steps), 1) == 0 or step == max_steps:
+        if _due("steps", args.logging_steps, step, max_steps, steps_per_epoch) or step == max_steps:
             result.log_history.append(entry)
             log_line(step, loss=train_loss, lr=lr, ms=ms)
-        if val_examples and str(args.eval_strategy) in ("steps", "IntervalStrategy.STEPS") and args.eval_steps and step % int(args.eval_steps) == 0:
+        if val_examples and _due(args.eval_strategy, args.eval_steps or args.logging_steps, step, max_steps, steps_per_epoch):
             eval_loss = _evaluate(model, val_examples, collator, args.per_device_eval_batch_size, device)
             result.log_history.append({"eval_loss": eval_loss, "step": step, "epoch": step / steps_per_epoch})
             log_line(step, eval_loss=eval_loss)
-        if str(args.save_strategy) in ("steps", "SaveStrategy.STEPS") and args.save_steps and step % int(args.save_steps) == 0:
+        if _due(args.save_strategy, args.save_steps, step, max_steps, steps_per_epoch):
             _save_checkpoint(args, step, model, optimizer, scheduler, result.log_history)
-        progress.update(1) if progress else None
+        if progress:
+            progress.update(1)
     if progress:
         progress.close()
     if val_examples and not any(h.get("step") == step and "eval_loss" in h for h in result.log_history):
@@ -290,6 +283,47 @@ def train(model, tokenizer, train_examples, val_examples, args, log_line) -> Run
     result.learned_tokens = int(all_sum(result.learned_tokens, device=device)[0])
     result.tokens = int(all_sum(result.tokens, device=device)[0])
     return result
+
+
+def _micro_batches(loader, sampler, epoch: int, skip: int):
+    """(index in epoch, batch) forever, starting `skip` micro-batches into `epoch` (for resuming)."""
+    while True:
+        sampler.set_epoch(epoch)
+        for index, batch in enumerate(loader):
+            if index >= skip:
+                yield index, batch
+        skip, epoch = 0, epoch + 1
+
+
+def _due(strategy, every, step, max_steps, steps_per_epoch) -> bool:
+    """The Trainer's interval rules: "steps" every N (N < 1 is a share of max_steps), or "epoch"."""
+    if strategy == "epoch":
+        return step % steps_per_epoch == 0
+    if strategy != "steps" or not every:
+        return False
+    every = math.ceil(every * max_steps) if every < 1 else int(every)
+    return step % max(every, 1) == 0
+
+
+# Trainer flags this loop does not implement; a non-default value gets a warning, not silence.
+UNSUPPORTED = ("optim", "fp16", "activation_checkpointing", "gradient_checkpointing", "group_by_length",
+               "train_sampling_strategy", "torch_compile", "label_smoothing_factor", "lr_scheduler_kwargs",
+               "dataloader_num_workers", "load_best_model_at_end")
+
+
+def warn_unsupported(args) -> None:
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(args)}
+
+    def default(name):
+        f = fields[name]
+        return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+    # None, False, 0 and {} all mean "off": only a value that turns something on counts.
+    ignored = [n for n in UNSUPPORTED if n in fields and getattr(args, n) != default(n) and (getattr(args, n) or default(n))]
+    if ignored:
+        logger.warning("ignored under --fsdp (the FSDP loop does not implement them): %s", ", ".join(f"--{n}" for n in ignored))
 
 
 def _progress(total, done, rank):
@@ -331,7 +365,7 @@ def _load_checkpoint(path, model, optimizer, scheduler):
         raise FsdpError(f"{path} is not an FSDP checkpoint of this trainer (missing trainer_state.json).")
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=path)  # resharded on load: the world size may differ from the saving run's
+    dcp.load(state, checkpoint_id=path)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     scheduler.load_state_dict(torch.load(os.path.join(path, "scheduler.pt"), weights_only=True))
     with open(state_file) as f:

@@ -155,3 +155,42 @@ def test_fsdp_options_are_checked():
         parse_mode("full_shard hybrid")
     with pytest.raises(FsdpError, match="full_shard or shard_grad_op"):
         parse_mode("auto_wrap")
+
+
+def test_trainer_flags_the_fsdp_loop_lacks_are_named(caplog):
+    from trainer.fsdp import warn_unsupported
+    from trainer.train import parse_args
+
+    _, _, args = parse_args(["--data_path", "x", "--output_dir", "o", "--optim", "adafactor"])
+    with caplog.at_level("WARNING"):
+        warn_unsupported(args)
+    assert "ignored under --fsdp" in caplog.text and "--optim" in caplog.text
+    caplog.clear()
+    _, _, args = parse_args(["--data_path", "x", "--output_dir", "o"])
+    warn_unsupported(args)
+    assert "ignored" not in caplog.text
+
+
+def test_intervals_follow_the_trainer_rules():
+    from trainer.fsdp import _due
+
+    assert [s for s in range(1, 11) if _due("steps", 3, s, 10, 5)] == [3, 6, 9]
+    assert [s for s in range(1, 11) if _due("steps", 0.5, s, 10, 5)] == [5, 10]  # a share of max_steps
+    assert [s for s in range(1, 11) if _due("epoch", 500, s, 10, 4)] == [4, 8]
+    assert not any(_due("no", 1, s, 10, 5) for s in range(1, 11))
+
+
+def test_micro_batches_resume_where_they_stopped():
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from trainer.fsdp import _micro_batches
+
+    data = list(range(10))
+    sampler = DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=3)
+    loader = DataLoader(data, batch_size=3, sampler=sampler)  # 4 micro-batches per epoch, the last of 1
+    stream = _micro_batches(loader, sampler, epoch=0, skip=0)
+    first = [(i, b.tolist()) for i, b in (next(stream) for _ in range(9))]
+    assert [i for i, _ in first] == [0, 1, 2, 3, 0, 1, 2, 3, 0]
+    assert sorted(x for _, b in first[:4] for x in b) == data  # each epoch sees every example once
+    resumed = _micro_batches(loader, sampler, epoch=1, skip=2)
+    assert [(i, b.tolist()) for i, b in (next(resumed) for _ in range(3))] == first[6:9]

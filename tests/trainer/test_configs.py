@@ -1,0 +1,62 @@
+"""Every shipped preset loads, validates, and carries the seed's hyperparameters and its launch command."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, SAMPLE
+from trainer.train import parse_args
+
+CONFIGS = sorted((ROOT / "trainer" / "configs").glob("*.yaml"))
+PRESETS = [p for p in CONFIGS if p.name != "accelerate_fsdp.yaml"]
+LAYER = {"llama-2-7b": "LlamaDecoderLayer", "polylm-1.7b": "GPT2Block", "internlm-7b": "InternLMDecoderLayer", "smollm2-135m": "LlamaDecoderLayer"}
+
+
+def test_all_four_presets_ship():
+    assert sorted(p.stem for p in PRESETS) == sorted(LAYER)
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
+def test_preset_loads_with_the_seed_hyperparameters(path, tmp_path, monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+    launch = next(line for line in header if "torchrun" in line)
+    assert f"--config trainer/configs/{path.name}" in " ".join(header)
+    nproc = int(re.search(r"--nproc_per_node=(\d+)", launch).group(1))
+
+    model_args, data_args, args = parse_args(["--config", str(path), "--data_path", str(SAMPLE), "--output_dir", str(tmp_path)])
+    assert args.learning_rate == 2e-5 and args.num_train_epochs == 3 and args.model_max_length == 512
+    assert args.weight_decay == 0 and args.warmup_steps == pytest.approx(0.03) and args.lr_scheduler_type == "cosine"
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps * nproc == 128
+    assert yaml.safe_load(path.read_text())["bf16"] is True  # kept on GPUs; on a slow-bf16 CPU the run says it uses fp32
+    assert args.fsdp_mode is None and args.strategy == "single"  # outside torchrun --fsdp is set aside with a warning
+    assert args.fsdp_transformer_layer_cls_to_wrap == LAYER[path.stem]
+    if path.stem == "internlm-7b":
+        assert model_args.trust_remote_code and re.fullmatch(r"[0-9a-f]{40}", model_args.model_revision)
+    else:
+        assert not model_args.trust_remote_code
+
+
+@pytest.mark.slow
+def test_accelerate_config_launches_real_fsdp_on_cpu(tiny_llama, tmp_path):
+    config = yaml.safe_load((ROOT / "trainer" / "configs" / "accelerate_fsdp.yaml").read_text())
+    assert config["distributed_type"] == "FSDP" and config["fsdp_config"]["fsdp_version"] == 2
+    config.update(num_processes=2, use_cpu=True, mixed_precision="no")
+    config["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"] = "LlamaDecoderLayer"
+    cpu_config = tmp_path / "accelerate_cpu.yaml"
+    cpu_config.write_text(yaml.safe_dump(config))
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(cpu_config), "-m", "trainer.train",
+         "--model_name_or_path", str(tiny_llama), "--data_path", str(SAMPLE), "--output_dir", str(out),
+         "--max_steps", "2", "--save_strategy", "no", "--model_max_length", "1024"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = yaml.safe_load((out / "train_summary.json").read_text())
+    assert summary["strategy"] == "fsdp" and summary["world_size"] == 2
+    assert summary["local_params_per_rank"] == [summary["total_params"] // 2] * 2
