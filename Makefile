@@ -2,6 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HOST ?= 127.0.0.1
 PORT ?= 7860
 
@@ -24,7 +25,11 @@ model: install  ## convert the embedded model once (~30 s) into $$ALPACA_MEDIS_H
 demo: model  ## chat with the embedded model on http://$(HOST):$(PORT)
 	$(PY) app.py --host $(HOST) --port $(PORT)
 
-test: install  ## the whole suite, slow tests included (as CI runs it)
+/usr/bin/chromium:  ## the browser tests drive Debian's chromium through Playwright
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+
+test: install /usr/bin/chromium  ## the whole suite, slow tests included (as CI runs it)
 	$(PY) -m pytest
 
 test-fast: install

@@ -1,8 +1,11 @@
-"""Gradio chat demo. Loading and generation live in trainer/inference.py; this file is the UI.
+"""Gradio chat demo + OpenAI-compatible API. Loading and generation live in trainer/inference.py.
 
-    python app.py [--model smollm2-135m | out/ | user/repo] [--host 127.0.0.1] [--port 7860]
+    python app.py [--model smollm2-135m | out/ | out-lora/ | user/repo] [--template alpaca-id]
+                  [--host 127.0.0.1] [--port 7860]
 
-The model can also be set with the MODEL_ID environment variable.
+The model comes from --model, else $MODEL_ID, else `config.yaml` beside this file (a Space's
+config), else the embedded smollm2-135m. Chat from code with gradio_client
+(`Client(url).predict(message, api_name="/chat")`) or any OpenAI client at `{url}/v1`.
 """
 
 from __future__ import annotations
@@ -13,17 +16,29 @@ import os
 from pathlib import Path
 
 import gradio as gr
+import yaml
 
-from trainer.inference import ChatModel
+from trainer.inference import MAX_NEW_TOKENS, ChatModel, InputError
 from trainer.models import DEFAULT_MODEL, ModelError
+from trainer.openai_api import router
 from trainer.prompts import TEMPLATES
 
+HERE = Path(__file__).parent
+SAMPLE = HERE / "data" / "sample.jsonl"
 DISCLAIMER = (
-    "**Bukan pengganti dokter.** Jawaban dibuat oleh model bahasa dan bisa salah. "
-    "Untuk keadaan darurat atau keluhan serius, segera hubungi tenaga kesehatan. "
-    "*(Not a substitute for a doctor.)*"
+    "⚠️ **Bukan pengganti dokter.** Jawaban dibuat oleh model bahasa dan bisa salah. Untuk keadaan "
+    "darurat atau keluhan serius, segera hubungi tenaga kesehatan. *(Not a substitute for a doctor.)*"
 )
-SAMPLE = Path(__file__).parent / "data" / "sample.jsonl"
+DEFAULTS = {"model": DEFAULT_MODEL, "template": None, "max_new_tokens": 256, "temperature": 0.0, "top_p": 0.9,
+            "repetition_penalty": 1.1, "trust_remote_code": False, "revision": None}
+
+
+def load_config(path: Path = HERE / "config.yaml") -> dict:
+    """Defaults, updated by a Space's config.yaml when there is one."""
+    config = dict(DEFAULTS)
+    if path.exists():
+        config.update(yaml.safe_load(path.read_text()) or {})
+    return config
 
 
 def example_questions(n: int = 4) -> list[str]:
@@ -32,36 +47,63 @@ def example_questions(n: int = 4) -> list[str]:
     return [r["instruction"] for r in records if not r["input"]][:n]
 
 
-def build_demo(chat: ChatModel) -> gr.ChatInterface:
-    def respond(message, history, max_new_tokens, temperature):
+def build_demo(chat: ChatModel, config: dict = DEFAULTS) -> gr.ChatInterface:
+    def respond(message, history, max_new_tokens, temperature, top_p, repetition_penalty):
         turns = [{"role": m["role"], "content": m["content"]} for m in history if isinstance(m.get("content"), str)]
-        yield from chat.stream(message, turns, max_new_tokens=int(max_new_tokens), temperature=float(temperature))
+        try:
+            yield from chat.stream(message, turns, max_new_tokens=max_new_tokens, temperature=temperature,
+                                   top_p=top_p, repetition_penalty=repetition_penalty)
+        except InputError as e:
+            raise gr.Error(str(e)) from None
+        except Exception as e:  # shown in the UI; the server keeps serving
+            raise gr.Error(f"Generation failed: {type(e).__name__}: {e}") from None
 
     return gr.ChatInterface(
         respond,
         title="alpaca-medis",
-        description=f"Model: `{chat.name}`\n\n{DISCLAIMER}",
+        description=f"{DISCLAIMER}\n\nModel: `{chat.name}`",
         examples=[[q] for q in example_questions()],
+        cache_examples=False,
         additional_inputs=[
-            gr.Slider(16, 512, value=256, step=16, label="max_new_tokens"),
-            gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="temperature (0 = greedy)"),
+            gr.Slider(1, MAX_NEW_TOKENS, value=config["max_new_tokens"], step=1, label="max_new_tokens"),
+            gr.Slider(0.0, 1.5, value=config["temperature"], step=0.05, label="temperature (0 = greedy)"),
+            gr.Slider(0.05, 1.0, value=config["top_p"], step=0.05, label="top_p"),
+            gr.Slider(1.0, 2.0, value=config["repetition_penalty"], step=0.05, label="repetition_penalty"),
         ],
+        additional_inputs_accordion=gr.Accordion("Pengaturan (generation settings)", open=False),
+        textbox=gr.Textbox(placeholder="Tulis pertanyaan kesehatan Anda…", max_length=4000, submit_btn=True, stop_btn=True),
         api_name="chat",
     )
 
 
+def build_app(chat: ChatModel, config: dict = DEFAULTS):
+    """One FastAPI server: the Gradio UI at / and the OpenAI-compatible API at /v1."""
+    from fastapi import FastAPI
+
+    app = FastAPI(title="alpaca-medis")
+    app.include_router(router(chat))
+    demo = build_demo(chat, config).queue(default_concurrency_limit=1, max_size=32)
+    return gr.mount_gradio_app(app, demo, path="/")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=os.environ.get("MODEL_ID", DEFAULT_MODEL))
+    parser.add_argument("--model", default=None, help=f"default: $MODEL_ID, config.yaml, or {DEFAULT_MODEL}")
     parser.add_argument("--template", choices=list(TEMPLATES), default=None, help="override the model's chat_template")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
     args = parser.parse_args()
+    config = load_config()
+    model = args.model or os.environ.get("MODEL_ID") or config["model"]
     try:
-        chat = ChatModel.load(args.model, args.template)
+        chat = ChatModel.load(model, args.template or config["template"], trust_remote_code=config["trust_remote_code"],
+                              revision=config["revision"])
     except ModelError as e:
         raise SystemExit(f"error: {e}") from None
-    build_demo(chat).queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port)
+    import uvicorn
+
+    print(f"alpaca-medis: chat on http://{args.host}:{args.port}  (OpenAI API: http://{args.host}:{args.port}/v1)")
+    uvicorn.run(build_app(chat, config), host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

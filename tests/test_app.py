@@ -1,14 +1,22 @@
-"""The demo as a user meets it: a real Gradio server on 127.0.0.1, driven through gradio_client."""
+"""The demo as a user meets it: a real server on 127.0.0.1 (Gradio UI + OpenAI API), driven through
+gradio_client and the real openai client."""
 
 import socket
+import threading
+import time
 
-import httpx
 import pytest
+import uvicorn
 from gradio_client import Client
+from openai import BadRequestError, OpenAI
 
 import app
 from conftest import SAMPLE, run_module
 from trainer.inference import ChatModel
+from trainer.prompts import get_template
+
+QUESTION = "Dokter, kenapa saya sering pusing saat bangun tidur?"
+GREEDY = dict(temperature=0.0, top_p=1.0, repetition_penalty=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +24,8 @@ def trained(tiny_llama, tmp_path_factory):
     """A tiny model fine-tuned for a few steps, so it has a chat_template like our checkpoints do."""
     out = tmp_path_factory.mktemp("app") / "out"
     result = run_module("trainer.train", "--model_name_or_path", tiny_llama, "--data_path", SAMPLE, "--output_dir", out,
-                        "--max_steps", "5", "--learning_rate", "3e-3", "--save_strategy", "no", "--template", "alpaca-id")
+                        "--max_steps", "5", "--learning_rate", "3e-3", "--save_strategy", "no", "--template", "alpaca-id",
+                        "--model_max_length", "1024")
     assert result.returncode == 0, result.stderr[-2000:]
     return out
 
@@ -27,25 +36,134 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def serve(chat: ChatModel, config: dict = app.DEFAULTS):
+    """Start app.build_app on a free port in a thread; returns (url, server)."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app.build_app(chat, config), host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert time.time() < deadline, "server did not start"
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}", server
+
+
+@pytest.fixture(scope="module")
+def server(trained):
+    chat = ChatModel.load(str(trained))
+    url, server = serve(chat)
+    yield url, chat
+    server.should_exit = True
+
+
 def test_examples_are_indonesian_questions_from_our_sample():
     questions = app.example_questions()
     assert len(questions) == 4 and all(q.endswith("?") for q in questions)
     assert all(q in SAMPLE.read_text(encoding="utf-8") for q in questions)
 
 
-def test_chat_through_the_server_matches_direct_generation(trained):
+def test_config_yaml_overrides_defaults(tmp_path):
+    (tmp_path / "config.yaml").write_text("model: someone/model\ntemplate: llama-2\nmax_new_tokens: 128\n")
+    config = app.load_config(tmp_path / "config.yaml")
+    assert config["model"] == "someone/model" and config["template"] == "llama-2" and config["max_new_tokens"] == 128
+    assert config["temperature"] == app.DEFAULTS["temperature"]
+    assert app.load_config(tmp_path / "absent.yaml") == app.DEFAULTS
+
+
+def test_chat_streams_through_gradio_client(server):
+    url, chat = server
+    expected = chat.answer(QUESTION, max_new_tokens=24, **GREEDY)
+    assert expected
+    client = Client(url, verbose=False)
+    job = client.submit(QUESTION, 24, 0.0, 1.0, 1.0, api_name="/chat")
+    assert job.result() == expected
+    updates = [u for u in job.outputs() if u]
+    assert len(updates) > 1 and updates[-1] == expected  # streamed, not one block
+    assert all(expected.startswith(u) for u in updates)  # each update extends the last
+
+
+def test_controls_change_generation(server):
+    url, chat = server
+    client = Client(url, verbose=False)
+    client.predict(QUESTION, 16, 0.0, 1.0, 1.0, api_name="/chat")
+    assert chat.last.new_tokens <= 16
+    client.predict(QUESTION, 4, 0.0, 1.0, 1.0, api_name="/chat")
+    assert chat.last.new_tokens <= 4 and chat.last.finish in ("length", "eos", "marker")
+    greedy = client.predict(QUESTION, 32, 0.0, 1.0, 1.0, api_name="/chat")
+    assert client.predict(QUESTION, 32, 0.0, 1.0, 1.0, api_name="/chat") == greedy  # temperature 0 is greedy
+    assert client.predict(QUESTION, 32, 0.0, 1.0, 2.0, api_name="/chat") != greedy  # repetition penalty
+    sampled = {client.predict(QUESTION, 32, 1.5, 1.0, 1.0, api_name="/chat") for _ in range(3)}
+    assert sampled - {greedy}  # sampling
+
+
+def test_page_shows_the_disclaimer(server):
+    import httpx
+
+    url, _ = server
+    assert "Bukan pengganti dokter" in httpx.get(f"{url}/config").text
+
+
+def test_errors_show_and_the_server_keeps_serving(server):
+    url, _ = server
+    client = Client(url, verbose=False)
+    with pytest.raises(Exception, match="the limit is 4000"):
+        client.predict("x" * 4500, 16, 0.0, 1.0, 1.0, api_name="/chat")
+    assert client.predict(QUESTION, 8, 0.0, 1.0, 1.0, api_name="/chat")
+
+
+def test_openai_client_stream_and_non_stream(server):
+    url, chat = server
+    expected = chat.answer(QUESTION, max_new_tokens=20, **GREEDY)
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused")
+    assert [m.id for m in client.models.list()] == [chat.name]
+    messages = [{"role": "user", "content": QUESTION}]
+    reply = client.chat.completions.create(model=chat.name, messages=messages, max_tokens=20, temperature=0)
+    assert reply.choices[0].message.content == expected
+    assert reply.usage.completion_tokens == chat.last.new_tokens and reply.usage.prompt_tokens > 0
+    assert reply.choices[0].finish_reason == ("length" if chat.last.finish == "length" else "stop")
+    chunks = list(client.chat.completions.create(model=chat.name, messages=messages, max_tokens=20, temperature=0, stream=True))
+    assert len(chunks) > 3 and "".join(c.choices[0].delta.content or "" for c in chunks) == expected
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    with pytest.raises(BadRequestError, match="last message must have role 'user'"):
+        client.chat.completions.create(model=chat.name, messages=[{"role": "assistant", "content": "hi"}])
+
+
+def test_system_message_selects_the_with_input_prompt(trained):
     chat = ChatModel.load(str(trained))
-    question = "Dokter, kenapa saya sering pusing saat bangun tidur?"
-    expected = chat.answer(question, max_new_tokens=24)
-    assert expected  # the tiny model says something
-    demo = app.build_demo(chat)
-    port = free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        reply = client.predict(question, 24, 0.0, api_name="/chat")
-        assert reply == expected
-        page_config = httpx.get(f"http://127.0.0.1:{port}/config").text
-        assert "Bukan pengganti dokter" in page_config  # the disclaimer is on the page
-    finally:
-        demo.close()
+    text, _, _ = chat.prompt("Saya batuk.", [{"role": "system", "content": "Jawab sebagai dokter."}])
+    assert text == "<s>" + get_template("alpaca-id").format("Jawab sebagai dokter.", "Saya batuk.")
+
+
+def test_long_history_is_cut_from_the_oldest(trained):
+    chat = ChatModel.load(str(trained))
+    history = []
+    for i in range(12):
+        history += [{"role": "user", "content": f"Pertanyaan {i}: " + "demam " * 40},
+                    {"role": "assistant", "content": f"Jawaban {i}: " + "istirahat " * 40}]
+    text, tokens, dropped = chat.prompt("Apa obatnya?", history, max_new_tokens=256)
+    assert dropped > 0 and tokens <= chat.context_length - 256
+    assert "Pertanyaan 11" in text and "Pertanyaan 0:" not in text  # the newest turns stay
+    answer = chat.answer("Apa obatnya?", history, max_new_tokens=8)
+    assert chat.last.history_turns_dropped == dropped and isinstance(answer, str)
+
+
+def test_closing_the_stream_stops_generation(trained):
+    chat = ChatModel.load(str(trained))
+    stream = chat.stream(QUESTION, max_new_tokens=900, **GREEDY)
+    next(stream)
+    stream.close()  # what Gradio does when the user presses stop
+    assert chat.last.finish in ("stopped", "eos", "marker")
+    if chat.last.finish == "stopped":
+        assert chat.last.new_tokens < 900
+    assert not chat.lock.locked()
+
+
+def test_a_lora_adapter_folder_loads_and_answers(tiny_llama, tmp_path):
+    out = tmp_path / "lora"
+    result = run_module("trainer.train", "--model_name_or_path", tiny_llama, "--data_path", SAMPLE, "--output_dir", out,
+                        "--max_steps", "2", "--lora_r", "4", "--save_strategy", "no", "--model_max_length", "1024")
+    assert result.returncode == 0, result.stderr[-2000:]
+    chat = ChatModel.load(str(out))
+    assert type(chat.model).__name__ == "PeftModelForCausalLM"
+    chat.answer(QUESTION, max_new_tokens=6, **GREEDY)
+    assert 0 < chat.last.new_tokens <= 6 and chat.last.prompt_tokens > 0

@@ -159,8 +159,10 @@ def _loss_sum(model, batch) -> tuple[torch.Tensor, int]:
 
 
 def _evaluate(model, val_examples, collator, batch_size, device) -> float:
-    """Token-weighted eval loss. Batches go round-robin to ranks; a rank short of batches runs a
-    zero-weight batch so that every rank makes the same collective calls."""
+    """The Trainer's eval loss: each batch's mean over its learned tokens, averaged over examples, on
+    the same length-sorted batches, so `eval_loss` means one thing in every train_summary.json.
+    Batches go round-robin to ranks; a rank short of batches runs a zero-weight batch so that every
+    rank makes the same collective calls."""
     rank, world = dist.get_rank(), dist.get_world_size()
     ordered = sorted(val_examples, key=lambda e: len(e["input_ids"]))
     batches = [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
@@ -174,8 +176,9 @@ def _evaluate(model, val_examples, collator, batch_size, device) -> float:
             batch = {k: v.to(device) for k, v in collator(mine[i] if real else batches[0]).items()}
             loss, n = _loss_sum(model, batch)
             if real:
-                total += float(loss)
-                count += n
+                examples = len(mine[i])
+                total += float(loss) / max(n, 1) * examples
+                count += examples
     model.train()
     total, count = all_sum(total, count, device=device)
     return total / max(count, 1)
@@ -189,8 +192,9 @@ def train(model, tokenizer, train_examples, val_examples, args, log_line) -> Run
     warn_unsupported(args)
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if torch.cuda.is_available() and not args.use_cpu else torch.device("cpu")
     if device.type == "cuda":
+        # No model.to(device): fully_shard moves one unit at a time and keeps only its shard there,
+        # so the whole model never sits on one GPU.
         torch.cuda.set_device(device)
-        model.to(device)
     total_params = sum(p.numel() for p in model.parameters())
     wrapped_class, units = shard(model, args, args.fsdp_transformer_layer_cls_to_wrap)
     result = RunResult(parallel={
@@ -246,7 +250,7 @@ def train(model, tokenizer, train_examples, val_examples, args, log_line) -> Run
             loss, _ = _loss_sum(model, b)
             # Gradients are averaged over ranks, so scale by world / global count for a per-token mean.
             (loss * world / max(global_learned, 1)).backward()
-            total += float(loss)
+            total += float(loss.detach())
             result.tokens += int(b["attention_mask"].sum())
         result.learned_tokens += local_learned
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm) if args.max_grad_norm else None

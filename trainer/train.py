@@ -129,7 +129,7 @@ def parse_args(argv: list[str]):
 
 def choose_strategy(args: TrainingArguments) -> str:
     """"fsdp" (trainer/fsdp.py), "ddp" (Trainer under torchrun) or "single" (Trainer)."""
-    if not args.fsdp_mode and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+    if not args.fsdp_mode and _accelerate_fsdp():
         # `accelerate launch --config_file trainer/configs/accelerate_fsdp.yaml`: same as --fsdp.
         args.fsdp_mode = "full_shard auto_wrap"
         args.fsdp_transformer_layer_cls_to_wrap = args.fsdp_transformer_layer_cls_to_wrap or os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP") or None
@@ -145,6 +145,10 @@ def choose_strategy(args: TrainingArguments) -> str:
         args.fsdp_mode = None
         return "single"
     return "ddp" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "single"
+
+
+def _accelerate_fsdp() -> bool:
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
 
 
 def _expand_config(argv: list[str]) -> list[str]:
@@ -263,7 +267,7 @@ def _cpu_adjust(argv: list[str], fast_bf16=cpu_has_fast_bf16) -> list[str]:
             )
     elif bf16 is not None:
         argv += ["--bf16", str(bf16)]
-    fsdp = any(a.startswith("--fsdp_mode") for a in argv) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    fsdp = any(a.startswith("--fsdp_mode") for a in argv) or _accelerate_fsdp()
     if not on_gpu and not use_cpu and not fsdp and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Without use_cpu the Trainer leaves CPU processes unconnected under torchrun: each would
         # train alone on all the data and write the same files. With it they run DDP over gloo.

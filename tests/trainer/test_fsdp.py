@@ -37,11 +37,17 @@ def llama_runs(tiny_llama, tmp_path_factory):
     one, s1 = torchrun(1, tiny_llama, base / "one", "--fsdp", "full_shard auto_wrap", "--per_device_train_batch_size", "4",
                        "--max_steps", "6", "--save_strategy", "no", "--logging_steps", "1")
     assert one.returncode == 0, one.stderr[-3000:]
-    return base, s2, s1
+    single = subprocess.run(
+        [sys.executable, "-m", "trainer.train", "--model_name_or_path", str(tiny_llama), "--output_dir", str(base / "single"),
+         *map(str, COMMON), "--max_steps", "1", "--save_strategy", "no"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    s0 = json.loads((base / "single" / "train_summary.json").read_text())
+    return base, s2, s1, s0
 
 
 def test_two_ranks_each_hold_half_the_parameters(llama_runs):
-    _, s2, _ = llama_runs
+    _, s2, _, _ = llama_runs
     assert s2["strategy"] == "fsdp" and s2["world_size"] == 2
     assert s2["wrapped_class"] == "LlamaDecoderLayer" and s2["wrapped_units"] == 3  # 2 layers + root
     local, total = s2["local_params_per_rank"], s2["total_params"]
@@ -51,17 +57,21 @@ def test_two_ranks_each_hold_half_the_parameters(llama_runs):
 
 
 def test_loss_curve_matches_one_process_with_the_same_global_batch(llama_runs):
-    base, s2, s1 = llama_runs
+    base, s2, s1, s0 = llama_runs
     two = [h["loss"] for h in json.loads((base / "two" / "checkpoint-6" / "trainer_state.json").read_text())["log_history"] if "loss" in h]
     assert s1["world_size"] == 1 and s1["local_params_per_rank"] == [s1["total_params"]]
     assert len(two) == 6 and two[-1] < two[0]
     assert s1["train_loss_first"] == pytest.approx(two[0], abs=TOLERANCE)
     assert s1["train_loss_final"] == pytest.approx(two[-1], abs=TOLERANCE)
     assert s1["eval_loss_final"] == pytest.approx(s2["eval_loss_final"], abs=TOLERANCE)
+    # Before any step the model is the same, and eval_loss means the same as the Trainer's.
+    assert s0["strategy"] == "single"
+    assert s2["eval_loss_initial"] == pytest.approx(s0["eval_loss_initial"], rel=1e-5)
+    assert s1["eval_loss_initial"] == pytest.approx(s0["eval_loss_initial"], rel=1e-5)
 
 
 def test_consolidated_checkpoint_reloads_and_generates(llama_runs, tiny_llama):
-    base, _, _ = llama_runs
+    base, _, _, _ = llama_runs
     out = base / "two"
     weights = load_file(out / "model.safetensors")
     assert set(weights) == set(load_file(tiny_llama / "model.safetensors"))  # full, unsharded tensors
@@ -74,7 +84,7 @@ def test_consolidated_checkpoint_reloads_and_generates(llama_runs, tiny_llama):
 
 
 def test_resume_under_fsdp_continues_at_the_right_step(llama_runs, tiny_llama):
-    base, _, _ = llama_runs
+    base, _, _, _ = llama_runs
     out = base / "two"
     before = [h for h in json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())["log_history"] if "loss" in h]
     result, summary = torchrun(2, tiny_llama, out, "--fsdp", "full_shard auto_wrap", "--per_device_train_batch_size", "2",
