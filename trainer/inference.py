@@ -107,7 +107,8 @@ class ChatModel:
         """Yield the growing answer text. temperature 0 = greedy. Closing the generator stops generation."""
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
-        max_new_tokens = max(1, min(int(max_new_tokens), MAX_NEW_TOKENS))
+        # Bounded by the server limit and by half the context, so a prompt always has room.
+        max_new_tokens = max(1, min(int(max_new_tokens), MAX_NEW_TOKENS, self.context_length // 2))
         text, prompt_tokens, dropped = self.prompt(message, history, max_new_tokens)
         # The template already holds any BOS text, so the tokenizer must not add another.
         inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).to(self.model.device)
