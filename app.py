@@ -90,8 +90,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help=f"default: $MODEL_ID, config.yaml, or {DEFAULT_MODEL}")
     parser.add_argument("--template", choices=list(TEMPLATES), default=None, help="override the model's chat_template")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=7860)
+    # Hugging Face Spaces set GRADIO_SERVER_NAME=0.0.0.0; locally the demo stays on loopback.
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     args = parser.parse_args()
     config = load_config()
     model = args.model or os.environ.get("MODEL_ID") or config["model"]
