@@ -84,16 +84,28 @@ def test_chat_streams_through_gradio_client(server):
 
 def test_controls_change_generation(server):
     url, chat = server
-    client = Client(url, verbose=False)
-    client.predict(QUESTION, 16, 0.0, 1.0, 1.0, api_name="/chat")
+
+    def ask(*settings):  # a new Client is a new conversation: a Client's session keeps its history
+        return Client(url, verbose=False).predict(QUESTION, *settings, api_name="/chat")
+
+    ask(16, 0.0, 1.0, 1.0)
     assert chat.last.new_tokens <= 16
-    client.predict(QUESTION, 4, 0.0, 1.0, 1.0, api_name="/chat")
+    ask(4, 0.0, 1.0, 1.0)
     assert chat.last.new_tokens <= 4 and chat.last.finish in ("length", "eos", "marker")
-    greedy = client.predict(QUESTION, 32, 0.0, 1.0, 1.0, api_name="/chat")
-    assert client.predict(QUESTION, 32, 0.0, 1.0, 1.0, api_name="/chat") == greedy  # temperature 0 is greedy
-    assert client.predict(QUESTION, 32, 0.0, 1.0, 2.0, api_name="/chat") != greedy  # repetition penalty
-    sampled = {client.predict(QUESTION, 32, 1.5, 1.0, 1.0, api_name="/chat") for _ in range(3)}
+    greedy = ask(32, 0.0, 1.0, 1.0)
+    assert ask(32, 0.0, 1.0, 1.0) == greedy  # temperature 0 is greedy
+    assert ask(32, 0.0, 1.0, 2.0) != greedy  # repetition penalty
+    sampled = {ask(32, 1.5, 1.0, 1.0) for _ in range(3)}
     assert sampled - {greedy}  # sampling
+
+
+def test_a_client_session_is_one_conversation(server):
+    url, chat = server
+    client = Client(url, verbose=False)
+    client.predict(QUESTION, 8, 0.0, 1.0, 1.0, api_name="/chat")
+    first_prompt = chat.last.prompt_tokens
+    client.predict(QUESTION, 8, 0.0, 1.0, 1.0, api_name="/chat")
+    assert chat.last.prompt_tokens > first_prompt  # the first turn is now history
 
 
 def test_page_shows_the_disclaimer(server):
@@ -105,10 +117,9 @@ def test_page_shows_the_disclaimer(server):
 
 def test_errors_show_and_the_server_keeps_serving(server):
     url, _ = server
-    client = Client(url, verbose=False)
     with pytest.raises(Exception, match="the limit is 4000"):
-        client.predict("x" * 4500, 16, 0.0, 1.0, 1.0, api_name="/chat")
-    assert client.predict(QUESTION, 8, 0.0, 1.0, 1.0, api_name="/chat")
+        Client(url, verbose=False).predict("x" * 4500, 16, 0.0, 1.0, 1.0, api_name="/chat")
+    assert Client(url, verbose=False).predict(QUESTION, 8, 0.0, 1.0, 1.0, api_name="/chat")
 
 
 def test_openai_client_stream_and_non_stream(server):
