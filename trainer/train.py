@@ -521,11 +521,13 @@ def main(argv: list[str] | None = None) -> int:
     except (data_lib.DataError, ModelError, UsageError, fsdp_lib.FsdpError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    finally:
-        # Left to interpreter shutdown, gloo's threads can abort a rank ("terminate called without
-        # an active exception") after the work is done.
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        # Leave together: a rank that tears gloo down while its peer is still writing can hang the
+        # peer, and one left to interpreter shutdown can abort ("terminate called without an
+        # active exception") after the work is done.
+        dist.barrier()
+        dist.destroy_process_group()
     if summary:
         logger.info(
             "done in %.0f s: eval loss %s -> %s, %s learned tokens/s; saved to %s",
