@@ -50,12 +50,17 @@ class LoadedData:
 # ---------------------------------------------------------------------------------------------- load
 
 
-def load_records(path: str, skip_invalid: bool = False) -> LoadedData:
-    """Read and validate Alpaca records; raise DataError naming every bad record unless skipping."""
+def load_records(path: str, skip_invalid: bool = False, transform=None) -> LoadedData:
+    """Read and validate Alpaca records; raise DataError naming every bad record unless skipping.
+
+    `transform`, if given, maps each parsed object before validation (data_gen.convert uses it to
+    turn ChatDoctor-style keys into Alpaca fields)."""
     if not os.path.exists(path) and re.fullmatch(r"[\w.-]+/[\w.-]+", path):
         raw = _read_hub(path)
     else:
         raw = _read_file(path)
+    if transform is not None:
+        raw = [(where, obj if isinstance(obj, Problem) else transform(obj)) for where, obj in raw]
     records, problems = [], []
     for where, obj in raw:
         if isinstance(obj, Problem):

