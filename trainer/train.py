@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import transformers
 from transformers import HfArgumentParser, Trainer, TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 from trainer import data as data_lib
 from trainer import fsdp as fsdp_lib
@@ -363,6 +364,13 @@ def log_step(step: int, loss=None, lr=None, ms=None, eval_loss=None) -> None:
         logger.info("step %d | loss %.4f | lr %.3g | %.0f ms/step", step, loss, lr, ms)
 
 
+class QuietProgress(ProgressCallback):
+    """The Trainer's progress bars without its per-log dict prints: LogLine says the same in one line."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        pass
+
+
 class LogLine(TrainerCallback):
     def __init__(self):
         self.last = (time.perf_counter(), 0)
@@ -409,6 +417,8 @@ def train_with_trainer(model, tokenizer, examples, training_args) -> tuple[fsdp_
         processing_class=tokenizer,
         callbacks=[LogLine()],
     )
+    if trainer.pop_callback(ProgressCallback) is not None:  # absent with --disable_tqdm
+        trainer.add_callback(QuietProgress)
     resume = training_args.resume_from_checkpoint
     has_eval = bool(examples["val"])
     # The eval curve starts before the first step (train() resets the log, so not a separate evaluate()).
