@@ -1,0 +1,59 @@
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import SAMPLE, run_module, sample_records
+from trainer.evaluate import chrf, encode, learned_token_loss, rouge_l, select_records
+from trainer.train import DataArguments, load_datasets
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_llama, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "out"
+    result = run_module("trainer.train", "--model_name_or_path", tiny_llama, "--data_path", SAMPLE, "--output_dir", out,
+                        "--max_steps", "4", "--learning_rate", "3e-3", "--save_strategy", "no", "--model_max_length", "1024")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+def test_metrics_on_known_strings():
+    text = "Minum banyak air dan istirahat yang cukup."
+    assert rouge_l(text, text) == 1.0 and chrf(text, text) == pytest.approx(100.0)
+    assert rouge_l("abc def", "xyz uvw") == 0.0 and chrf("abc def", "xyz uvw") < 5
+    assert 0 < rouge_l("minum air putih", "minum banyak air") < 1
+
+
+def test_loss_matches_a_hand_computation_on_masked_labels(trained):
+    tokenizer = AutoTokenizer.from_pretrained(trained)
+    model = AutoModelForCausalLM.from_pretrained(trained).eval()
+    record = sample_records()[0]
+    ids, labels = encode(tokenizer, record)
+    learned = [i for i, label in enumerate(labels) if label != -100]
+    assert labels[learned[-1]] == tokenizer.eos_token_id and learned == list(range(learned[0], len(ids)))
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    by_hand = -sum(float(log_probs[i - 1, ids[i]]) for i in learned) / len(learned)
+    loss, count = learned_token_loss(model, tokenizer, [record])
+    assert count == len(learned) and loss == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_the_split_is_the_training_split():
+    _, val, counts = load_datasets(DataArguments(data_path=str(SAMPLE), max_eval_samples=0))
+    assert select_records(str(SAMPLE)) == val and counts["val"] == 5
+    assert select_records(str(SAMPLE), limit=2) == val[:2]
+
+
+def test_report_lists_every_model(trained, tiny_gpt2, tmp_path):
+    out = tmp_path / "eval"
+    result = run_module("trainer.evaluate", "--model", trained, "--model", tiny_gpt2, "--template", "alpaca-id",
+                        "--data_path", SAMPLE, "--limit", "2", "--max_new_tokens", "6", "--out", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((out / "eval.json").read_text())
+    assert list(report["models"]) == [str(trained), str(tiny_gpt2)] and report["records"] == 2
+    for metrics in report["models"].values():
+        assert metrics["learned_tokens"] > 0 and metrics["perplexity"] == pytest.approx(2.718281828 ** metrics["loss"], rel=1e-6)
+        assert len(metrics["answers"]) == 2 and 0 <= metrics["eos_share"] <= 1
+    table = (out / "eval.md").read_text()
+    assert f"`{trained}`" in table and f"`{tiny_gpt2}`" in table and "**Sample 1.**" in table
