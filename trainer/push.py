@@ -388,8 +388,24 @@ def _flatten(data: dict, prefix: str = "") -> list[tuple[str, object]]:
     return rows
 
 
+def evaluated_names(data) -> dict[str, str]:
+    """Local paths in a trainer.evaluate eval.json (models, data) -> the names to publish instead."""
+    if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+        return {}
+    local = [n for n in [*data["models"], data.get("data_path") or ""] if n and is_local_path(n)]
+    return {n: hub_model_id(n) or Path(n).name for n in sorted(local, key=len, reverse=True)}
+
+
 def eval_table(data) -> str:
-    """eval.json as Markdown, whatever its shape: a mapping (nested keys dotted), a list of records, or JSON."""
+    """eval.json as Markdown: trainer.evaluate's comparison table, else whatever its shape (a mapping with
+    nested keys dotted, a list of records, or JSON)."""
+    if isinstance(data, dict) and isinstance(data.get("models"), dict):
+        rows = ["| model | loss (learned tokens) | perplexity | ROUGE-L F | chrF | stops on EOS |", "|---|---:|---:|---:|---:|---:|"]
+        for name, m in data["models"].items():
+            rows.append(f"| {_cell(name)} | {m['loss']:.3f} | {m['perplexity']:.1f} | {m['rouge_l']:.3f} | {m['chrf']:.1f} | "
+                        f"{m['eos_share']:.0%} |")
+        return (f"{data.get('records')} held-out records ({data.get('split')} split of "
+                f"{Path(str(data.get('data_path'))).name}), greedy answers:\n\n" + "\n".join(rows))
     if isinstance(data, dict) and data:
         return "| metric | value |\n|---|---|\n" + "\n".join(f"| {_cell(k)} | {_cell(v)} |" for k, v in _flatten(data))
     if isinstance(data, list) and data and all(isinstance(r, dict) for r in data):
@@ -571,6 +587,17 @@ def stage_model(folder: ModelFolder, staging: Path, args) -> dict[str, str]:
             eval_data = json.loads((folder.path / "eval.json").read_text(encoding="utf-8"))
         except ValueError as e:
             logger.warning("eval.json is not valid JSON (%s): uploaded, but not shown in the card", e)
+    names = evaluated_names(eval_data)
+    for report in ("eval.json", "eval.md"):  # trainer.evaluate names models and data as given: maybe local paths
+        if report in folder.files and names:
+            text = (folder.path / report).read_text(encoding="utf-8")
+            for local, public in names.items():
+                text = text.replace(json.dumps(local)[1:-1] if report == "eval.json" else local, public)
+            (staging / report).unlink()
+            (staging / report).write_text(text, encoding="utf-8")
+            notes[report] = "local paths replaced by names"
+    if names:
+        eval_data = json.loads((staging / "eval.json").read_text(encoding="utf-8"))
     info = CardInfo(
         repo_id=args.repo_id, kind=folder.kind, base_model=base,
         datasets=args.datasets if args.datasets else default_datasets(folder.summary),

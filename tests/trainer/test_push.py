@@ -645,3 +645,24 @@ def test_invalid_space_folder_lists_every_problem(tmp_path):
         validate_space(space)
     for problem in ("lacks `sdk_version`", "use `sdk: gradio`", "lacks `template`", "trust_remote_code needs `revision`", "lists gradio"):
         assert problem in str(e.value)
+
+
+def test_evaluation_from_trainer_evaluate_goes_into_the_card_without_local_paths(full_dir, hub, tmp_path):
+    folder = copy_of(full_dir, tmp_path)
+    base, tuned, data = "smollm2-135m", str(folder), str(SAMPLE)
+    metrics = {"loss": 2.5, "perplexity": 12.18, "rouge_l": 0.21, "chrf": 30.5, "eos_share": 0.9, "answers": ["a"],
+               "learned_tokens": 10, "answer_words_mean": 20.0, "rouge_l_per_record": [0.21]}
+    report = {"data_path": data, "split": "val", "records": 1, "max_new_tokens": 8,
+              "models": {base: dict(metrics, loss=4.0), tuned: metrics}, "samples": []}
+    (folder / "eval.json").write_text(json.dumps(report))
+    (folder / "eval.md").write_text(f"| `{base}` | 4.0 |\n| `{tuned}` | 2.5 |\n")
+    result = cli("trainer.push", "--model_dir", folder, "--repo_id", "me/evaluated", env=hub_env(hub, tmp_path / "home"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = hub.files("me/evaluated")
+    for name in ("eval.json", "eval.md", "README.md"):
+        assert str(folder).encode() not in files[name] and str(SAMPLE).encode() not in files[name], name
+    uploaded = json.loads(files["eval.json"])
+    assert list(uploaded["models"]) == [base, folder.name] and uploaded["data_path"] == "sample.jsonl"
+    card = files["README.md"].decode()
+    assert "| model | loss (learned tokens) | perplexity | ROUGE-L F | chrF | stops on EOS |" in card
+    assert f"| {folder.name} | 2.500 | 12.2 | 0.210 | 30.5 | 90% |" in card
