@@ -259,6 +259,18 @@ def tokenize_records(records, tokenizer, template, max_length: int):
     return examples, stats
 
 
+def learned_loss_sum(model, batch: dict) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over the learned tokens of a collated batch, and their count (labels
+    shifted by one, as the HF causal LMs do). One definition for the FSDP loop and evaluation."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    logits = logits[:, :-1].float()
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    return loss, int((labels != IGNORE_INDEX).sum())
+
+
 class SupervisedDataset(torch.utils.data.Dataset):
     def __init__(self, examples: list[dict]):
         self.examples = examples

@@ -50,15 +50,15 @@ def encode(tokenizer, record: dict) -> tuple[list[int], list[int]]:
 @torch.no_grad()
 def learned_token_loss(model, tokenizer, records: list[dict]) -> tuple[float, int]:
     """Mean cross-entropy over every learned token of the records (token-weighted), and their count."""
+    collate = data_lib.DataCollator(tokenizer.eos_token_id)  # one record per batch: nothing is padded
     total, count = 0.0, 0
     model.eval()
     for record in records:
         ids, labels = encode(tokenizer, record)
-        input_ids = torch.tensor([ids], device=model.device)
-        logits = model(input_ids=input_ids).logits[0, :-1].float()
-        target = torch.tensor(labels[1:], device=model.device)
-        total += float(torch.nn.functional.cross_entropy(logits, target, ignore_index=data_lib.IGNORE_INDEX, reduction="sum"))
-        count += int((target != data_lib.IGNORE_INDEX).sum())
+        batch = {k: v.to(model.device) for k, v in collate([{"input_ids": ids, "labels": labels}]).items()}
+        loss, n = data_lib.learned_loss_sum(model, batch)
+        total += float(loss)
+        count += n
     return total / max(count, 1), count
 
 

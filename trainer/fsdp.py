@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from trainer.data import IGNORE_INDEX, DataCollator, SupervisedDataset
+from trainer.data import IGNORE_INDEX, DataCollator, SupervisedDataset, learned_loss_sum
 
 logger = logging.getLogger("trainer.fsdp")
 
@@ -147,17 +147,6 @@ def shard(model, args, wrap_name: str | None):
     return layer_cls.__name__, units + 1
 
 
-def _loss_sum(model, batch) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over learned tokens, and their count (labels shifted as in the HF models)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    labels = batch["labels"][:, 1:]
-    logits = logits[:, :-1].float()
-    loss = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
-    return loss, int((labels != IGNORE_INDEX).sum())
-
-
 def _evaluate(model, val_examples, collator, batch_size, device) -> float:
     """The Trainer's eval loss: each batch's mean over its learned tokens, averaged over examples, on
     the same length-sorted batches, so `eval_loss` means one thing in every train_summary.json.
@@ -174,7 +163,7 @@ def _evaluate(model, val_examples, collator, batch_size, device) -> float:
         for i in range(rounds):
             real = i < len(mine)
             batch = {k: v.to(device) for k, v in collator(mine[i] if real else batches[0]).items()}
-            loss, n = _loss_sum(model, batch)
+            loss, n = learned_loss_sum(model, batch)
             if real:
                 examples = len(mine[i])
                 total += float(loss) / max(n, 1) * examples
@@ -247,7 +236,7 @@ def train(model, tokenizer, train_examples, val_examples, args, log_line) -> Run
         total = 0.0
         for b in batches:
             b = {k: v.to(device) for k, v in b.items()}
-            loss, _ = _loss_sum(model, b)
+            loss, _ = learned_loss_sum(model, b)
             # Gradients are averaged over ranks, so scale by world / global count for a per-token mean.
             (loss * world / max(global_learned, 1)).backward()
             total += float(loss.detach())
