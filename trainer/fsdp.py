@@ -29,7 +29,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from trainer.data import IGNORE_INDEX, DataCollator, SupervisedDataset, learned_loss_sum
+from trainer import packing
+from trainer.data import DataCollator, SupervisedDataset, batch_counts, learned_loss_sum, to_device
 
 logger = logging.getLogger("trainer.fsdp")
 
@@ -102,16 +103,24 @@ class RunResult:
     log_history: list[dict] = field(default_factory=list)
     global_step: int = 0
     epoch: float = 0.0
-    learned_tokens: int = 0
-    tokens: int = 0
     wall: float = 0.0
     parallel: dict = field(default_factory=dict)
+    steps: list[dict] = field(default_factory=list)  # per optimizer step: seconds + batch counts, all ranks
+
+    def total(self, key: str) -> int:
+        return sum(s[key] for s in self.steps)
 
 
 def gather(value) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, value)
     return out
+
+
+def sum_steps(steps: list[dict]) -> list[dict]:
+    """Per-step counts summed over ranks (rank 0's seconds), for the summary."""
+    per_rank = gather(steps)
+    return [{**mine, **{k: sum(r[i][k] for r in per_rank) for k in mine if k != "seconds"}} for i, mine in enumerate(per_rank[0])]
 
 
 def all_sum(*values: float, device) -> list[float]:
@@ -147,14 +156,14 @@ def shard(model, args, wrap_name: str | None):
     return layer_cls.__name__, units + 1
 
 
-def _evaluate(model, val_examples, collator, batch_size, device) -> float:
+def _evaluate(model, val_examples, collator, args, device) -> float:
     """The Trainer's eval loss: each batch's mean over its learned tokens, averaged over examples, on
     the same length-sorted batches, so `eval_loss` means one thing in every train_summary.json.
     Batches go round-robin to ranks; a rank short of batches runs a zero-weight batch so that every
     rank makes the same collective calls."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    ordered = sorted(val_examples, key=lambda e: len(e["input_ids"]))
-    batches = [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+    ordered, size = sorted(val_examples, key=lambda e: len(e["input_ids"])), args.per_device_eval_batch_size
+    batches = [ordered[i : i + size] for i in range(0, len(ordered), size)]
     mine = batches[rank::world]
     rounds = math.ceil(len(batches) / world)
     total = count = 0.0
@@ -162,8 +171,8 @@ def _evaluate(model, val_examples, collator, batch_size, device) -> float:
     with torch.no_grad():
         for i in range(rounds):
             real = i < len(mine)
-            batch = {k: v.to(device) for k, v in collator(mine[i] if real else batches[0]).items()}
-            loss, n = learned_loss_sum(model, batch)
+            batch = to_device(collator(mine[i] if real else batches[0]), device)
+            loss, n = learned_loss_sum(model, batch, args.learned_logits_only)
             if real:
                 examples = len(mine[i])
                 total += float(loss) / max(n, 1) * examples
@@ -193,11 +202,17 @@ def train(model, tokenizer, train_examples, val_examples, args, log_line) -> Run
     logger.info("fsdp: %d ranks, %d units of %s + root, %s parameter elements per rank (of %d)",
                 world, units - 1, wrapped_class, result.parallel["local_params_per_rank"], total_params)
 
-    collator = DataCollator(tokenizer.pad_token_id)
+    collator = packing.collator() if args.packing else DataCollator(tokenizer.pad_token_id)
     dataset = SupervisedDataset(train_examples)
-    # Rank r takes positions r, r+world, ... of one seeded permutation, so for the same global batch the
-    # optimizer sees the same examples whatever the number of ranks.
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
+    if args.group_by_length:
+        from transformers.trainer_pt_utils import DistributedLengthGroupedSampler
+
+        sampler = DistributedLengthGroupedSampler(args.per_device_train_batch_size * args.gradient_accumulation_steps,
+                                                  dataset, num_replicas=world, rank=rank, seed=args.seed)
+    else:
+        # Rank r takes positions r, r+world, ... of one seeded permutation, so for the same global batch
+        # the optimizer sees the same examples whatever the number of ranks.
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
     loader = DataLoader(dataset, batch_size=args.per_device_train_batch_size, sampler=sampler, collate_fn=collator)
     accum = args.gradient_accumulation_steps
     steps_per_epoch = math.ceil(len(loader) / accum)  # an epoch's last step may have fewer micro-batches
@@ -216,7 +231,7 @@ def train(model, tokenizer, train_examples, val_examples, args, log_line) -> Run
         step, result.log_history = _load_checkpoint(args.resume_from_checkpoint, model, optimizer, scheduler)
         logger.info("resumed from %s at step %d", args.resume_from_checkpoint, step)
     elif val_examples:
-        eval_loss = _evaluate(model, val_examples, collator, args.per_device_eval_batch_size, device)
+        eval_loss = _evaluate(model, val_examples, collator, args, device)
         result.log_history.append({"eval_loss": eval_loss, "step": 0, "epoch": 0.0})
         log_line(0, eval_loss=eval_loss)
 
@@ -231,17 +246,15 @@ def train(model, tokenizer, train_examples, val_examples, args, log_line) -> Run
             if len(batches) == accum or index == len(loader) - 1:
                 break
         tic = time.perf_counter()
-        local_learned = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
-        (global_learned,) = all_sum(local_learned, device=device)
+        counts = [batch_counts(b) for b in batches]
+        step_counts = {k: sum(c[k] for c in counts) for k in counts[0]}
+        (global_learned,) = all_sum(step_counts["learned"], device=device)
         total = 0.0
         for b in batches:
-            b = {k: v.to(device) for k, v in b.items()}
-            loss, _ = learned_loss_sum(model, b)
+            loss, _ = learned_loss_sum(model, to_device(b, device), args.learned_logits_only)
             # Gradients are averaged over ranks, so scale by world / global count for a per-token mean.
             (loss * world / max(global_learned, 1)).backward()
             total += float(loss.detach())
-            result.tokens += int(b["attention_mask"].sum())
-        result.learned_tokens += local_learned
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm) if args.max_grad_norm else None
         optimizer.step()
         lr = scheduler.get_last_lr()[0]
@@ -251,6 +264,7 @@ def train(model, tokenizer, train_examples, val_examples, args, log_line) -> Run
         (total,) = all_sum(total, device=device)
         train_loss = total / max(global_learned, 1)
         ms = 1000 * (time.perf_counter() - tic)
+        result.steps.append({"seconds": ms / 1000, **step_counts})
         entry = {"loss": train_loss, "learning_rate": lr, "step": step, "epoch": step / steps_per_epoch}
         if grad_norm is not None:
             entry["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
@@ -258,7 +272,7 @@ def train(model, tokenizer, train_examples, val_examples, args, log_line) -> Run
             result.log_history.append(entry)
             log_line(step, loss=train_loss, lr=lr, ms=ms)
         if val_examples and _due(args.eval_strategy, args.eval_steps or args.logging_steps, step, max_steps, steps_per_epoch):
-            eval_loss = _evaluate(model, val_examples, collator, args.per_device_eval_batch_size, device)
+            eval_loss = _evaluate(model, val_examples, collator, args, device)
             result.log_history.append({"eval_loss": eval_loss, "step": step, "epoch": step / steps_per_epoch})
             log_line(step, eval_loss=eval_loss)
         if _due(args.save_strategy, args.save_steps, step, max_steps, steps_per_epoch):
@@ -268,13 +282,12 @@ def train(model, tokenizer, train_examples, val_examples, args, log_line) -> Run
     if progress:
         progress.close()
     if val_examples and not any(h.get("step") == step and "eval_loss" in h for h in result.log_history):
-        eval_loss = _evaluate(model, val_examples, collator, args.per_device_eval_batch_size, device)
+        eval_loss = _evaluate(model, val_examples, collator, args, device)
         result.log_history.append({"eval_loss": eval_loss, "step": step, "epoch": step / steps_per_epoch})
         log_line(step, eval_loss=eval_loss)
     result.wall = time.perf_counter() - start
     result.global_step, result.epoch = step, step / steps_per_epoch
-    result.learned_tokens = int(all_sum(result.learned_tokens, device=device)[0])
-    result.tokens = int(all_sum(result.tokens, device=device)[0])
+    result.steps = sum_steps(result.steps)
     return result
 
 
@@ -299,8 +312,7 @@ def _due(strategy, every, step, max_steps, steps_per_epoch) -> bool:
 
 
 # Trainer flags this loop does not implement; a non-default value gets a warning, not silence.
-UNSUPPORTED = ("optim", "fp16", "activation_checkpointing", "gradient_checkpointing", "group_by_length",
-               "train_sampling_strategy", "torch_compile", "label_smoothing_factor", "lr_scheduler_kwargs",
+UNSUPPORTED = ("optim", "fp16", "activation_checkpointing", "gradient_checkpointing", "torch_compile", "label_smoothing_factor", "lr_scheduler_kwargs",
                "dataloader_num_workers", "load_best_model_at_end")
 
 
@@ -315,6 +327,8 @@ def warn_unsupported(args) -> None:
 
     # None, False, 0 and {} all mean "off": only a value that turns something on counts.
     ignored = [n for n in UNSUPPORTED if n in fields and getattr(args, n) != default(n) and (getattr(args, n) or default(n))]
+    if getattr(args, "train_sampling_strategy", "random") not in ("random", "group_by_length"):
+        ignored.append(f"train_sampling_strategy {args.train_sampling_strategy}")
     if ignored:
         logger.warning("ignored under --fsdp (the FSDP loop does not implement them): %s", ", ".join(f"--{n}" for n in ignored))
 

@@ -21,8 +21,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -32,6 +34,7 @@ from transformers.trainer_callback import ProgressCallback
 
 from trainer import data as data_lib
 from trainer import fsdp as fsdp_lib
+from trainer import packing as packing_lib
 from trainer.models import DEFAULT_MODEL, ModelError, load_model, load_tokenizer
 from trainer.prompts import DEFAULT_TEMPLATE, TEMPLATES, chat_template_for, get_template
 
@@ -65,6 +68,9 @@ class DataArguments:
     data_path: str = field(default=None, metadata={"help": "Alpaca records: JSON array, JSON Lines, or a Hub dataset id."})
     val_set_size: float = field(default=0.1, metadata={"help": "Validation share (<1) or count (>=1); 0 = none. Seed 42."})
     skip_invalid: bool = field(default=False, metadata={"help": "Skip invalid records (and report the count) instead of stopping."})
+    max_train_samples: int = field(
+        default=0, metadata={"help": "Train on the first N records of the training split (0 = all); for quick runs and benchmarks."}
+    )
     max_eval_samples: int = field(
         default=100,
         metadata={"help": "Evaluate during training on the first N validation records (0 = all): a pass over "
@@ -82,6 +88,20 @@ class TrainingArguments(transformers.TrainingArguments):
     fsdp_transformer_layer_cls_to_wrap: str | None = field(
         default=None, metadata={"help": "Decoder layer class FSDP shards; default: detected from the model."}
     )
+    packing: bool = field(
+        default=False,
+        metadata={"help": "Padding-free batches: each batch's examples in one row, position_ids restarting per example, "
+                  "attention kept within each example (trainer/packing.py). Same examples and steps as padded batches."},
+    )
+    group_by_length: bool = field(
+        default=False, metadata={"help": "Batch examples of similar length (less padding, less random batches); "
+                                 "the cheap alternative to --packing."},
+    )
+    learned_logits_only: bool = field(
+        default=True,
+        metadata={"help": "Compute the vocabulary projection only where a label is learned (the answer), not over the "
+                  "prompt and padding. False = stanford_alpaca's full logits and the model's own loss (benchmarks)."},
+    )
     config: str | None = field(default=None, metadata={"help": "YAML file of flags; flags given on the command line win."})
     strategy: str = field(default="single", init=False, metadata={"help": "single, ddp or fsdp; chosen from the launch."})
 
@@ -95,6 +115,8 @@ class TrainingArguments(transformers.TrainingArguments):
             problems.append("--warmup_steps/--warmup_ratio must be >= 0.")
         if problems:
             raise ValueError(" ".join(problems))
+        if self.group_by_length:  # transformers 5 folded the flag into train_sampling_strategy
+            self.train_sampling_strategy = "group_by_length"
         super().__post_init__()
 
 
@@ -292,6 +314,10 @@ def load_datasets(data_args: DataArguments):
                     data_args.max_eval_samples, len(val_records))
         val_records = val_records[: data_args.max_eval_samples]
     counts["val_evaluated"] = len(val_records)
+    if 0 < data_args.max_train_samples < len(train_records):
+        logger.info("training on the first %d of %d training records (--max_train_samples)", data_args.max_train_samples, len(train_records))
+        train_records = train_records[: data_args.max_train_samples]
+    counts["train_used"] = len(train_records)
     return train_records, val_records, counts
 
 
@@ -345,15 +371,48 @@ def _apply_lora(model, model_args: ModelArguments):
 
 
 class CountingTrainer(Trainer):
-    """Counts learned tokens (labels that enter the loss) of the batches it trains on."""
+    """The HF Trainer with our loss (logits only where labels are learned) and per-step counts of
+    what the batches held (learned tokens, real tokens, slots incl. padding, attention cost)."""
 
-    learned_tokens = 0
-    tokens = 0
+    def __init__(self, *args, learned_logits_only: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.learned_logits_only = learned_logits_only
+        self.pending = Counter()  # counts of the optimizer step in progress
+        self.steps: list[dict] = []  # one entry per optimizer step: seconds + counts (this rank)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        self.learned_tokens += int((inputs["labels"][:, 1:] != data_lib.IGNORE_INDEX).sum())
-        self.tokens += int(inputs["attention_mask"].sum())
+        self.pending.update(data_lib.batch_counts(inputs))
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not self.learned_logits_only:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, n = data_lib.learned_loss_sum(model, inputs)
+        # As the Trainer does for models that take loss kwargs: divide by the learned tokens of the
+        # whole accumulated (and, with several ranks, global) batch, so the loss is one mean per step.
+        self.loss_is_scaled_for_ga = num_items_in_batch is not None
+        if num_items_in_batch is None:
+            loss = loss / max(n, 1)
+        else:
+            loss = loss / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes  # DDP averages gradients over ranks
+        return (loss, {}) if return_outputs else loss
+
+
+class StepRecorder(TrainerCallback):
+    """Wall time of each optimizer step (without evaluation and saving) beside its batch counts."""
+
+    def __init__(self, trainer: CountingTrainer):
+        self.trainer = trainer
+        self.tic = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.tic = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer.steps.append({"seconds": time.perf_counter() - self.tic, **self.trainer.pending})
+        self.trainer.pending = Counter()
 
 
 def log_step(step: int, loss=None, lr=None, ms=None, eval_loss=None) -> None:
@@ -405,6 +464,15 @@ def resolve_resume(training_args: TrainingArguments) -> str | None:
     return resume
 
 
+def use_packing(model) -> None:
+    name = packing_lib.enable(model)
+    try:
+        diff = packing_lib.check_isolation(model)
+    except packing_lib.PackingError as e:
+        raise UsageError(str(e)) from None
+    logger.info("packing: one row per batch, attention %s (examples isolated: max logit difference %.1e)", name, diff)
+
+
 def train_with_trainer(model, tokenizer, examples, training_args) -> tuple[fsdp_lib.RunResult, Trainer]:
     """One process or DDP: the Hugging Face Trainer."""
     trainer = CountingTrainer(
@@ -413,10 +481,12 @@ def train_with_trainer(model, tokenizer, examples, training_args) -> tuple[fsdp_
         train_dataset=data_lib.SupervisedDataset(examples["train"]),
         # Sorted by length: evaluation order does not change the loss, and less padding is less compute.
         eval_dataset=data_lib.SupervisedDataset(sorted(examples["val"], key=lambda e: len(e["input_ids"]))) if examples["val"] else None,
-        data_collator=data_lib.DataCollator(tokenizer.pad_token_id),
+        data_collator=packing_lib.collator() if training_args.packing else data_lib.DataCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         callbacks=[LogLine()],
+        learned_logits_only=training_args.learned_logits_only,
     )
+    trainer.add_callback(StepRecorder(trainer))
     if trainer.pop_callback(ProgressCallback) is not None:  # absent with --disable_tqdm
         trainer.add_callback(QuietProgress)
     resume = training_args.resume_from_checkpoint
@@ -429,14 +499,14 @@ def train_with_trainer(model, tokenizer, examples, training_args) -> tuple[fsdp_
     if has_eval and (last_eval is None or last_eval["step"] != trainer.state.global_step):
         trainer.evaluate()
     wall = time.perf_counter() - start  # training plus its evaluations
-    learned, tokens, local = trainer.learned_tokens, trainer.tokens, [fsdp_lib.local_numel(model)]
+    steps, local = trainer.steps, [fsdp_lib.local_numel(model)]
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        learned, tokens = (int(v) for v in fsdp_lib.all_sum(learned, tokens, device=training_args.device))
+        steps = fsdp_lib.sum_steps(steps)
         local = fsdp_lib.gather(local[0])
     parallel = {"world_size": training_args.world_size, "strategy": training_args.strategy, "wrapped_class": None,
                 "wrapped_units": 0, "total_params": sum(p.numel() for p in model.parameters()), "local_params_per_rank": local}
     result = fsdp_lib.RunResult(trainer.state.log_history, trainer.state.global_step, trainer.state.epoch,
-                                learned, tokens, wall, parallel)
+                                wall, parallel, steps)
     return result, trainer
 
 
@@ -447,6 +517,7 @@ def process_rank(training_args) -> int:
 
 def save(model, trainer, tokenizer, model_args, data_args, training_args, counts, stats, result):
     out = training_args.output_dir
+    packing_lib.disable(model)  # the saved config names plain sdpa, which loads anywhere
     if training_args.strategy == "fsdp":
         fsdp_lib.save_consolidated(model, out, trust_remote_code=model_args.trust_remote_code)
     else:
@@ -471,10 +542,11 @@ def save(model, trainer, tokenizer, model_args, data_args, training_args, counts
         "train_loss_final": train_losses[-1][1] if train_losses else None,
         "eval_loss_initial": eval_losses[0][1] if eval_losses else None,
         "eval_loss_final": eval_losses[-1][1] if eval_losses else None,
-        "learned_tokens_trained": result.learned_tokens,
-        "tokens_trained": result.tokens,
+        "learned_tokens_trained": result.total("learned"),
+        "tokens_trained": result.total("tokens"),
         "wall_time_s": round(result.wall, 2),
-        "learned_tokens_per_second": round(result.learned_tokens / result.wall, 1) if result.wall > 0 else None,
+        "learned_tokens_per_second": round(result.total("learned") / result.wall, 1) if result.wall > 0 else None,
+        "throughput": throughput(result.steps, training_args),
         "device": str(training_args.device),
         "precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
         "transformers_version": transformers.__version__,
@@ -484,6 +556,28 @@ def save(model, trainer, tokenizer, model_args, data_args, training_args, counts
         json.dump(summary, f, indent=2)
     plot_losses(train_losses, eval_losses, os.path.join(out, "loss.png"), title=f"{model_args.model_name_or_path} on {os.path.basename(data_args.data_path)}")
     return summary
+
+
+def throughput(steps: list[dict], training_args) -> dict:
+    """Batch make-up and speed of the optimizer steps; the first step (warm-up) is left out of the rates."""
+    total = Counter()
+    for step in steps:
+        total.update(step)
+    steady = steps[1:] or steps
+    seconds = sum(s["seconds"] for s in steady)
+    peak = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    if torch.cuda.is_available() and not training_args.use_cpu:
+        peak["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    return {
+        "batching": "packed" if training_args.packing else "group_by_length" if training_args.group_by_length else "padded",
+        "learned_logits_only": training_args.learned_logits_only,
+        "padding_fraction": round(1 - total["tokens"] / total["slots"], 4) if total["slots"] else None,
+        "learned_tokens_per_second": round(sum(s["learned"] for s in steady) / seconds, 2) if seconds else None,
+        "tokens_per_second": round(sum(s["tokens"] for s in steady) / seconds, 2) if seconds else None,
+        "seconds_per_step": round(seconds / len(steady), 3) if steady else None,
+        **peak,
+        "steps": [{k: round(v, 4) if isinstance(v, float) else v for k, v in s.items()} for s in steps],
+    }
 
 
 def plot_losses(train_losses, eval_losses, path, title=""):
@@ -522,6 +616,8 @@ def main(argv: list[str] | None = None) -> int:
         resolve_resume(training_args)
         transformers.set_seed(training_args.seed)  # identical LoRA init on every rank: FSDP shards, it does not broadcast
         model, tokenizer = load_model_and_tokenizer(model_args, training_args)
+        if training_args.packing:
+            use_packing(model)
         examples, stats = build_datasets(train_records, val_records, tokenizer, model_args, training_args)
         if training_args.strategy == "fsdp":
             result, trainer = fsdp_lib.train(model, tokenizer, examples["train"], examples["val"], training_args, log_step), None

@@ -109,6 +109,19 @@ def test_gpt2_shards_its_blocks(tiny_gpt2, tmp_path):
     assert torch.equal(model.lm_head.weight, model.transformer.wte.weight)
 
 
+def test_packing_under_fsdp_follows_the_padded_curve(llama_runs, tiny_llama):
+    base, _, s1, _ = llama_runs
+    result, summary = torchrun(2, tiny_llama, base / "packed", "--fsdp", "full_shard auto_wrap", "--packing",
+                               "--per_device_train_batch_size", "2", "--max_steps", "6", "--save_strategy", "no", "--logging_steps", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert summary["strategy"] == "fsdp" and summary["throughput"]["batching"] == "packed"
+    assert summary["throughput"]["padding_fraction"] == 0 < s1["throughput"]["padding_fraction"]
+    assert [s["learned"] for s in summary["throughput"]["steps"]] == [s["learned"] for s in s1["throughput"]["steps"]]
+    assert summary["train_loss_first"] == pytest.approx(s1["train_loss_first"], abs=TOLERANCE)
+    assert summary["train_loss_final"] == pytest.approx(s1["train_loss_final"], abs=TOLERANCE)
+    assert summary["eval_loss_final"] == pytest.approx(s1["eval_loss_final"], abs=TOLERANCE)
+
+
 def test_lora_under_fsdp_saves_one_loadable_adapter(tiny_llama, tmp_path):
     out = tmp_path / "lora"
     result, summary = torchrun(2, tiny_llama, out, "--fsdp", "full_shard auto_wrap", "--lora_r", "8", "--learning_rate", "1e-2",
@@ -138,6 +151,16 @@ def test_torchrun_without_fsdp_is_ddp_with_whole_copies(tiny_llama, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert summary["strategy"] == "ddp" and summary["world_size"] == 2
     assert summary["local_params_per_rank"] == [summary["total_params"]] * 2
+    # The loss is a per-token mean over the global batch: one process with batch 4 gives the same curve.
+    single = subprocess.run(
+        [sys.executable, "-m", "trainer.train", "--model_name_or_path", str(tiny_llama), "--output_dir", str(tmp_path / "single"),
+         *map(str, COMMON), "--per_device_train_batch_size", "4", "--max_steps", "3", "--save_strategy", "no"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    one = json.loads((tmp_path / "single" / "train_summary.json").read_text())
+    assert summary["train_loss_first"] == pytest.approx(one["train_loss_first"], abs=TOLERANCE)
+    assert summary["train_loss_final"] == pytest.approx(one["train_loss_final"], abs=TOLERANCE)
 
 
 def test_layer_class_detection_per_architecture(tiny_llama, tiny_gpt2):
