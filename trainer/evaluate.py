@@ -26,7 +26,7 @@ import sys
 import torch
 
 from trainer import data as data_lib
-from trainer.inference import ChatModel, InputError
+from trainer.inference import ChatModel, InputError, on_torch_thread
 from trainer.models import ModelError
 
 logger = logging.getLogger("trainer.evaluate")
@@ -75,13 +75,16 @@ def chrf(hypothesis: str, reference: str) -> float:
 
 
 def evaluate_model(name: str, records: list[dict], max_new_tokens: int, template: str | None = None) -> dict:
+    # fp32 everywhere: losses and greedy answers stay comparable across machines (the app picks bf16
+    # where a CPU runs it fast, which shifts both a little).
     try:
-        chat = ChatModel.load(name)  # the model's own chat_template ...
+        chat = ChatModel.load(name, dtype=torch.float32)  # the model's own chat_template ...
     except ModelError:
         if not template:
             raise
-        chat = ChatModel.load(name, template)  # ... or --template when it has none (checked before loading weights)
-    loss, learned = learned_token_loss(chat.model, chat.tokenizer, records)
+        chat = ChatModel.load(name, template, dtype=torch.float32)  # ... or --template when it has none
+    # On the thread that generates: a second thread running torch ops slows both (inference.TORCH_THREAD).
+    loss, learned = on_torch_thread(learned_token_loss, chat.model, chat.tokenizer, records)
     answers, rouges, chrfs, words, eos = [], [], [], [], 0
     for i, record in enumerate(records):
         messages = messages_for(record)

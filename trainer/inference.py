@@ -4,20 +4,35 @@
 
 The prompt is the model's own `chat_template` (training saves the Alpaca template there); a
 model trained elsewhere can be given a template by name with `template=`.
+
+Speed on a CPU (`python -m trainer.bench`, numbers in BENCHMARKS.md): where this CPU runs bf16
+matmuls fast, the model runs in bf16 (the prompt's matmuls ~2x faster, half the bytes per decoded
+token), and one-token decode steps skip oneDNN where ATen's own bf16 matrix-vector kernel is faster
+(~2x on the development machine's AVX-512-BF16 EPYC). Both are decided by timing at the first load,
+never by CPU flags. All torch work runs on one thread, TORCH_THREAD. Not kept, as measured there: a
+static KV cache (every step attends over the whole cache, which generate() keeps at the longest size
+seen so far: +10-25% decode speed at 328 positions, none at 1,224, -24% at 2,248), torch.compile on top
+of it (no faster, after ~10 s of compiling, and again per new cache size) and one thread instead of
+two (-35%, and a slower prompt).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import logging
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
 
 from trainer.models import DEFAULT_MODEL, ModelError, load_model, load_tokenizer
 from trainer.prompts import TEMPLATES, chat_template_for, get_template
+
+logger = logging.getLogger(__name__)
 
 # Markers a model may produce when it starts a new turn by itself; the answer ends there.
 STOP_MARKERS = tuple(dict.fromkeys(m for t in TEMPLATES.values() for m in t.stop_markers))
@@ -49,28 +64,118 @@ class _StopOnEvent:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
+# All torch work of the chat models (loading, generating) runs on this one thread. OpenMP gives each
+# thread that runs parallel ops its own team of workers; once two teams exist there are more threads
+# than cores, and libgomp then makes workers sleep between ops instead of spinning. Generating on a
+# new thread per answer, beside the team of the thread that loaded the model, decoded ~40% slower here.
+TORCH_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
+
+
+def on_torch_thread(fn, *args, **kwargs):
+    """fn(*args, **kwargs), run on TORCH_THREAD (benchmarks use it to time torch work as the app runs it)."""
+    return TORCH_THREAD.submit(fn, *args, **kwargs).result()
+
+
+@functools.cache
+def fast_cpu_dtype() -> tuple[torch.dtype, str]:
+    """bf16 where this CPU multiplies bf16 at least half as fast as fp32 (AVX-512-BF16, AMX), else fp32:
+    CPUs without such units emulate bf16 at ~1% of fp32 speed. Timed (~0.1 s), since VMs misreport flags."""
+    from trainer.train import cpu_has_fast_bf16
+
+    fast, measured = cpu_has_fast_bf16()
+    return (torch.bfloat16 if fast else torch.float32), measured
+
+
+@functools.cache
+def one_token_faster_without_onednn(rows: int = 16384, cols: int = 2048) -> tuple[bool, str]:
+    """Whether a bf16 matrix-vector product (every linear layer of a one-token decode step) is faster
+    without oneDNN. ATen's own bf16 kernel reads the weights at memory bandwidth; oneDNN, which is much
+    faster for a prompt's matrix-matrix products, reached half of that on our EPYC. Timed on a 64 MB
+    matrix, larger than the caches (~0.1 s)."""
+    weight = torch.full((rows, cols), 0.01, dtype=torch.bfloat16)
+    x = torch.full((1, 1, cols), 0.01, dtype=torch.bfloat16)
+
+    def ms(onednn: bool) -> float:
+        before, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, onednn
+        try:
+            torch.nn.functional.linear(x, weight)  # warm-up
+            start = time.perf_counter()
+            for _ in range(5):
+                torch.nn.functional.linear(x, weight)
+            return (time.perf_counter() - start) / 5 * 1000
+        finally:
+            torch.backends.mkldnn.enabled = before
+
+    with_onednn, without = ms(True), ms(False)
+    return without < 0.8 * with_onednn, f"bf16 matrix-vector {without:.2f} ms without oneDNN, {with_onednn:.2f} ms with"
+
+
+class _OneTokenStepsWithoutOneDNN:
+    """Forward hooks that turn oneDNN off while the model decodes one token, and back on after."""
+
+    def __init__(self, model: torch.nn.Module):
+        # generate() calls the base model of a peft wrapper, so the hooks go there.
+        model = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.saved: bool | None = None
+        model.register_forward_pre_hook(self.before, with_kwargs=True)
+        model.register_forward_hook(self.after, always_call=True)
+
+    def before(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None and ids.shape[-1] == 1:
+            self.saved, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, False
+
+    def after(self, module, args, output):
+        if self.saved is not None:
+            torch.backends.mkldnn.enabled, self.saved = self.saved, None
+
+
+def _load_model_for_speed(name, device, dtype, onednn_for_one_token, trust_remote_code, revision):
+    """(model, settings): the model in `dtype`, else the fastest here, with oneDNN off for one-token steps where that is faster."""
+    on_cpu = torch.device(device).type == "cpu"
+    measured = []
+    if dtype is None:
+        dtype, why = fast_cpu_dtype() if on_cpu else (torch.bfloat16, "bf16 on CUDA")
+        measured.append(why)
+    model = load_model(name, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision).to(device).eval()
+    if onednn_for_one_token is None and on_cpu and dtype == torch.bfloat16:
+        faster, why = one_token_faster_without_onednn()
+        onednn_for_one_token = not faster
+        measured.append(why)
+    if onednn_for_one_token is False:
+        _OneTokenStepsWithoutOneDNN(model)
+    settings = f"{device}, {str(dtype).removeprefix('torch.')}" + (
+        ", one-token steps without oneDNN" if onednn_for_one_token is False else "")
+    logger.info("%s: %s (%s)", name, settings, "; ".join(measured) or "as asked")
+    return model, settings
+
+
 @dataclass
 class ChatModel:
     model: torch.nn.Module
     tokenizer: object
     name: str
+    settings: str = ""  # device, dtype and decode choices of load(), e.g. "cpu, bfloat16, one-token steps without oneDNN"
+    # Extra generate() arguments for every answer (a benchmark sets min_new_tokens, cache_implementation, ...).
+    generate_options: dict = field(default_factory=dict)
     last: GenerationStats = field(default_factory=GenerationStats)
     # One generation at a time: the UI queue and the OpenAI endpoint share one model.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def load(cls, name: str = DEFAULT_MODEL, template: str | None = None, device: str | None = None,
-             trust_remote_code: bool = False, revision: str | None = None) -> "ChatModel":
+             trust_remote_code: bool = False, revision: str | None = None, dtype: torch.dtype | None = None,
+             onednn_for_one_token: bool | None = None) -> "ChatModel":
+        """`dtype` and `onednn_for_one_token` default to what is fastest here (see the module docstring)."""
         tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code, revision=revision)
         if template:
             tokenizer.chat_template = chat_template_for(tokenizer, get_template(template))
         elif not tokenizer.chat_template:
             raise ModelError(f"{name} has no chat_template; pass a template ({', '.join(TEMPLATES)}).")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        # fp32 on CPU: bf16 is ~6x slower to the first token on CPUs without bf16 matmul units.
-        dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        model = load_model(name, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision).to(device).eval()
-        return cls(model, tokenizer, name)
+        model, settings = on_torch_thread(
+            _load_model_for_speed, name, device, dtype, onednn_for_one_token, trust_remote_code, revision)
+        return cls(model, tokenizer, name, settings=settings)
 
     @property
     def context_length(self) -> int:
@@ -118,9 +223,12 @@ class ChatModel:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         kwargs = dict(
             **inputs, streamer=streamer, max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
-            pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id, stop_strings=list(STOP_MARKERS),
-            tokenizer=self.tokenizer, stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]), **sampling,
+            pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id,
+            # No stop_strings: the loop below cuts the answer at a marker and `stop` then ends generation a
+            # few tokens later; HF's StopStringCriteria re-scans the whole vocabulary on every call (~0.05 s here).
+            stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]), **sampling,
         )
+        kwargs.update(self.generate_options)
         outcome: dict = {}
 
         def run():
@@ -134,8 +242,7 @@ class ChatModel:
         stats = GenerationStats(prompt_tokens=prompt_tokens, history_turns_dropped=dropped)
         with self.lock:
             start = time.perf_counter()
-            thread = threading.Thread(target=run, daemon=True)
-            thread.start()
+            generation = TORCH_THREAD.submit(run)
             answer, cut, exhausted = "", False, False
             try:
                 for piece in streamer:
@@ -157,7 +264,7 @@ class ChatModel:
                 # Reached on completion, on a marker, and when the reader closes us (stop button).
                 user_stopped = not cut and not exhausted
                 stop.set()
-                thread.join()
+                generation.result()
                 ids = outcome.get("ids")
                 stats.new_tokens = 0 if ids is None else int(ids.shape[1] - inputs["input_ids"].shape[1])
                 last = None if ids is None or stats.new_tokens == 0 else int(ids[0, -1])

@@ -1,6 +1,14 @@
-import pytest
+import threading
+import time
 
-from trainer.inference import MAX_INPUT_CHARS, STOP_MARKERS, ChatModel, InputError, _cut_at_marker, _without_marker_start
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from trainer.inference import (
+    MAX_INPUT_CHARS, STOP_MARKERS, ChatModel, InputError, _cut_at_marker, _without_marker_start, fast_cpu_dtype,
+    on_torch_thread,
+)
 
 
 def test_markers_cover_every_template():
@@ -28,3 +36,71 @@ def test_limits(tiny_llama):
         chat.prompt("demam " * 600, max_new_tokens=512)
     chat.answer("Halo", max_new_tokens=5000, temperature=0.0)  # clamped, not an error
     assert chat.last.new_tokens <= 512  # half the tiny model's 1024-token context
+
+
+QUESTION = "Dokter, saya demam tinggi sejak tiga hari. Apa yang harus saya lakukan?"
+
+
+def generate_plainly(model, chat, n):
+    """What a plain greedy HF generate answers to QUESTION, on `model`."""
+    text, prompt_tokens, _ = chat.prompt(QUESTION, max_new_tokens=n)
+    ids = chat.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        out = model.generate(**ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=chat.tokenizer.pad_token_id)
+    return chat.tokenizer.decode(out[0, prompt_tokens:], skip_special_tokens=True)
+
+
+def test_greedy_stream_equals_plain_generate_of_a_fresh_model(tiny_llama):
+    chat = ChatModel.load(str(tiny_llama), template="alpaca-id", dtype=torch.float32)
+    chat.generate_options = {"min_new_tokens": 12}  # a fixed length, as the benchmark runs it
+    answer = chat.answer(QUESTION, max_new_tokens=12)
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    assert chat.last.new_tokens == 12 and generate_plainly(fresh, chat, 12).startswith(answer)
+
+
+def test_the_default_load_streams_what_generate_makes_of_the_same_model(tiny_llama):
+    chat = ChatModel.load(str(tiny_llama), template="alpaca-id")  # dtype and oneDNN use as measured here
+    dtype = fast_cpu_dtype()[0]
+    assert chat.model.dtype == dtype and chat.settings.startswith(f"cpu, {str(dtype).removeprefix('torch.')}")
+    chat.generate_options = {"min_new_tokens": 12}
+    answer = chat.answer(QUESTION, max_new_tokens=12)
+    assert chat.last.new_tokens == 12 and generate_plainly(chat.model, chat, 12).startswith(answer)
+
+
+def test_one_token_steps_run_without_onednn_and_prompts_with_it_all_on_the_torch_thread(tiny_llama):
+    chat = ChatModel.load(str(tiny_llama), template="alpaca-id", dtype=torch.bfloat16, onednn_for_one_token=False)
+    assert chat.settings == "cpu, bfloat16, one-token steps without oneDNN"
+    seen = []  # (tokens in the forward call, oneDNN on during it, thread); our hook runs before this one
+    chat.model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(
+        (kwargs["input_ids"].shape[-1], torch.backends.mkldnn.enabled, threading.current_thread().name)), with_kwargs=True)
+    before = torch.backends.mkldnn.enabled
+    chat.generate_options = {"min_new_tokens": 4}
+    chat.answer(QUESTION, max_new_tokens=4)
+    assert seen[0][0] > 1 and seen[0][1] == before  # the prompt, as configured
+    assert len(seen) == 4 and all(n == 1 and not onednn for n, onednn, _ in seen[1:])
+    assert torch.backends.mkldnn.enabled == before  # restored after each step
+    assert {thread for *_, thread in seen} == {on_torch_thread(lambda: threading.current_thread().name)}
+
+
+def test_generation_ends_soon_after_a_marker_without_stop_strings(tiny_llama):
+    """The answer is cut at a marker in the text, and the stop event then ends generation early."""
+    chat = ChatModel.load(str(tiny_llama), template="alpaca-id", dtype=torch.float32)
+    script = chat.tokenizer("Minum air putih yang banyak.\n\n### Instruksi:\nApa lagi? " + "lagi " * 200,
+                            add_special_tokens=False)["input_ids"]
+
+    def scripted_generate(input_ids, streamer, stopping_criteria, **kwargs):
+        """Emits `script` token by token, 5 ms apart, checking the stopping criteria like generate() does."""
+        ids = input_ids
+        streamer.put(ids)
+        for token in script:
+            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+            streamer.put(torch.tensor([token]))
+            time.sleep(0.005)  # the reader's time to see the marker
+            if stopping_criteria(ids, None).all():
+                break
+        streamer.end()
+        return ids
+
+    chat.model.generate = scripted_generate
+    assert chat.answer(QUESTION, max_new_tokens=500) == "Minum air putih yang banyak."
+    assert chat.last.finish == "marker" and chat.last.new_tokens < len(script) // 2
