@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HOST ?= 127.0.0.1
 PORT ?= 7860
 
-.PHONY: install model demo test test-fast clean
+.PHONY: install model demo test test-fast bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,6 +34,9 @@ test: install /usr/bin/chromium  ## the whole suite, slow tests included (as CI 
 
 test-fast: install
 	$(PY) -m pytest -m "not slow"
+
+bench: model  ## training, inference and data benchmarks on this machine (~20 min), tables in bench/
+	$(PY) -m trainer.bench --out bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

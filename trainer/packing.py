@@ -17,11 +17,16 @@ attention lets them see each other (remote code that ignores `position_ids`, say
 
 from __future__ import annotations
 
+import importlib.util
+import logging
+
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface, AttentionMaskInterface, DataCollatorWithFlattening
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
+
+logger = logging.getLogger(__name__)
 
 PACKED_SDPA = "packed_sdpa"
 
@@ -58,19 +63,22 @@ def collator() -> DataCollatorWithFlattening:
     return DataCollatorWithFlattening(return_flash_attn_kwargs=True)
 
 
-def attention_for(model) -> str:
-    """The attention implementation packed rows run with on this model and device."""
-    current = model.config._attn_implementation
-    if current and current.startswith("flash_attention"):
-        return current  # varlen kernels read cu_seq_lens themselves
-    return PACKED_SDPA
-
-
 def enable(model) -> str:
-    """Switch the model to an attention that keeps packed examples apart; returns its name."""
-    name = attention_for(model)
-    set_attention(model, name)
-    return name
+    """Switch the model to an attention that keeps packed examples apart; returns its name.
+
+    flash-attention's varlen kernel where it runs (CUDA, `flash_attn` installed), else packed_sdpa.
+    Called before the Trainer or FSDP moves the model to its GPU."""
+    current = model.config._attn_implementation or ""
+    if current.startswith("flash_attention"):
+        return current  # varlen kernels read cu_seq_lens themselves
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        try:
+            model.set_attn_implementation("flash_attention_2")
+            return "flash_attention_2"
+        except (ImportError, ValueError) as e:
+            logger.warning("flash_attention_2 unavailable (%s); packed rows use %s", e, PACKED_SDPA)
+    set_attention(model, PACKED_SDPA)
+    return PACKED_SDPA
 
 
 def set_attention(model, name: str) -> None:
