@@ -406,7 +406,9 @@ def markdown(report: dict) -> str:
 def bench_training(args) -> dict:
     from trainer.bench_train import bench_training as run
 
-    return run(args)
+    # Its few torch ops (sampler orders, model shapes) on the torch thread too: a second OpenMP team
+    # on the main thread slows every later decode step of the inference part (~40 % measured).
+    return on_torch_thread(run, args)
 
 
 PARTS = {"machine": bench_machine, "training": bench_training, "inference": bench_inference, "data": bench_data}
