@@ -68,11 +68,16 @@ class _StopOnEvent:
 # thread that runs parallel ops its own team of workers; once two teams exist there are more threads
 # than cores, and libgomp then makes workers sleep between ops instead of spinning. Generating on a
 # new thread per answer, beside the team of the thread that loaded the model, decoded ~40% slower here.
-TORCH_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
+_torch_thread_id: list[int] = []  # set by the thread itself when it starts
+TORCH_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch",
+                                  initializer=lambda: _torch_thread_id.append(threading.get_ident()))
 
 
 def on_torch_thread(fn, *args, **kwargs):
-    """fn(*args, **kwargs), run on TORCH_THREAD (benchmarks use it to time torch work as the app runs it)."""
+    """fn(*args, **kwargs), run on TORCH_THREAD (benchmarks use it to time torch work as the app runs it).
+    Called from TORCH_THREAD itself it runs fn directly: waiting on its own queue would deadlock."""
+    if threading.get_ident() in _torch_thread_id:
+        return fn(*args, **kwargs)
     return TORCH_THREAD.submit(fn, *args, **kwargs).result()
 
 

@@ -104,3 +104,13 @@ def test_generation_ends_soon_after_a_marker_without_stop_strings(tiny_llama):
     chat.model.generate = scripted_generate
     assert chat.answer(QUESTION, max_new_tokens=500) == "Minum air putih yang banyak."
     assert chat.last.finish == "marker" and chat.last.new_tokens < len(script) // 2
+
+
+def test_torch_thread_work_can_nest_without_deadlock():
+    from trainer.inference import TORCH_THREAD
+
+    def outer():
+        return threading.get_ident(), on_torch_thread(threading.get_ident)
+
+    outer_id, inner_id = TORCH_THREAD.submit(outer).result(timeout=30)  # fails instead of hanging
+    assert outer_id == inner_id != threading.get_ident()
