@@ -103,7 +103,8 @@ def main() -> None:
         raise SystemExit(f"error: {e}") from None
     import uvicorn
 
-    print(f"alpaca-medis: chat on http://{args.host}:{args.port}  (OpenAI API: http://{args.host}:{args.port}/v1)")
+    print(f"alpaca-medis: {model} ({chat.settings}), chat on http://{args.host}:{args.port}  "
+          f"(OpenAI API: http://{args.host}:{args.port}/v1)")
     uvicorn.run(build_app(chat, config), host=args.host, port=args.port, log_level="warning")
 
 

@@ -93,6 +93,7 @@ def a100_estimate(tokens_per_epoch: int, examples_per_epoch: int, useful_fractio
 
 
 def run_config(name, flags, args, out_dir) -> dict:
+    """One `python -m trainer.train` run; its train_summary.json."""
     out = os.path.join(out_dir, name.replace(" ", "_").replace(",", "").replace("+", "plus"))
     cmd = [sys.executable, "-m", "trainer.train", "--model_name_or_path", args.model, "--data_path", args.data_path,
            "--template", "alpaca-id", "--val_set_size", "0", "--max_steps", str(args.steps),
@@ -106,8 +107,7 @@ def run_config(name, flags, args, out_dir) -> dict:
     if result.returncode != 0:
         raise BenchError(f"training run {name!r} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
     with open(os.path.join(out, "train_summary.json")) as f:
-        summary = json.load(f)
-    return {"summary": summary, "stderr": result.stderr}
+        return json.load(f)
 
 
 def bench_training(args) -> dict:
@@ -135,7 +135,7 @@ def bench_training(args) -> dict:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         for name, flags, what in configs:
-            summary = run_config(name, flags, args, tmp)["summary"]
+            summary = run_config(name, flags, args, tmp)
             t = summary["throughput"]
             steady = t["steps"][1:] or t["steps"]
             seconds = sum(s["seconds"] for s in steady)
@@ -160,13 +160,13 @@ def bench_training(args) -> dict:
     result = {
         "model": args.model, "shape": shape, "matmul_peak_gflops": peaks, "batch_size": args.batch_size, "max_length": args.max_length,
         "steps": args.steps, "examples": len(examples), "truncated": stats.truncated, "bf16_check": why,
-        "learned_share_of_tokens": sum(len([x for x in e["labels"] if x != data_lib.IGNORE_INDEX]) for e in examples) / sum(lengths),
+        "learned_share_of_tokens": stats.learned_tokens / stats.tokens,
         "epoch_useful_fraction": epoch,
         "timed_useful_fraction": timed_useful,
         "packing_bound": 1 / timed_useful,
         "packing_share_of_bound": packed["speedup"] * timed_useful,
-        "tokens_per_epoch": round(sum(lengths) * 0.9),
-        "a100_estimate": a100_estimate(round(sum(lengths) * 0.9), round(len(examples) * 0.9), epoch["random"]),
+        "tokens_per_epoch": round(stats.tokens * 0.9),
+        "a100_estimate": a100_estimate(round(stats.tokens * 0.9), round(len(examples) * 0.9), epoch["random"]),
         "rows": rows,
     }
     return {**result, **markdown_parts(result)}
