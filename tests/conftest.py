@@ -1,4 +1,4 @@
-"""Offline fixtures: a BPE tokenizer trained on our sample data and 2-layer Llama / GPT-2 models.
+"""Offline fixtures: a BPE tokenizer trained on our sample data and 2-layer Llama / GPT-2 / Gemma 3 models.
 
 Both are built from scratch in about a second, so tests never touch the Hub.
 """
@@ -50,9 +50,20 @@ def build_tokenizer(add_bos: bool):
 
 def build_model(kind: str, vocab_size: int, seed: int = 0):
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig,
+                              LlamaForCausalLM)
 
     torch.manual_seed(seed)
+    if kind == "gemma":
+        # Gemma 3's shape in small: one sliding-window layer (window 8, shorter than every example) and
+        # one global layer, one KV head, a tied head.
+        config = Gemma3TextConfig(
+            vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
+            layer_types=["sliding_attention", "full_attention"], max_position_embeddings=1024,
+            bos_token_id=1, eos_token_id=2, pad_token_id=3,
+        )
+        return Gemma3ForCausalLM(config)
     if kind == "llama":
         config = LlamaConfig(
             vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -65,8 +76,8 @@ def build_model(kind: str, vocab_size: int, seed: int = 0):
 
 
 def save_tiny(path: Path, kind: str) -> Path:
-    """Llama gets a BOS-adding tokenizer with its own pad token; GPT-2 one without BOS or pad, like GPT-2."""
-    tokenizer = build_tokenizer(add_bos=kind == "llama")
+    """Llama and Gemma get a BOS-adding tokenizer with its own pad token; GPT-2 one without BOS or pad, like GPT-2."""
+    tokenizer = build_tokenizer(add_bos=kind != "gpt2")
     model = build_model(kind, len(tokenizer))
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -76,6 +87,11 @@ def save_tiny(path: Path, kind: str) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
     return save_tiny(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma(tmp_path_factory) -> Path:
+    return save_tiny(tmp_path_factory.mktemp("tiny-gemma"), "gemma")
 
 
 @pytest.fixture(scope="session")

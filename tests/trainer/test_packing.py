@@ -13,14 +13,14 @@ from trainer.prompts import get_template
 
 
 def examples_and_model(kind: str, n: int = 6):
-    tokenizer = build_tokenizer(add_bos=kind == "llama")
+    tokenizer = build_tokenizer(add_bos=kind != "gpt2")
     model = build_model(kind, len(tokenizer)).eval()
     examples, _ = tokenize_records(sample_records()[:n], tokenizer, get_template("alpaca"), 512)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return examples, model, DataCollator(pad)
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "gemma"])
 def test_packed_loss_and_logits_equal_the_padded_ones(kind):
     examples, model, pad_collate = examples_and_model(kind)
     lengths = [len(e["input_ids"]) for e in examples]
@@ -65,6 +65,20 @@ def test_packed_rows_without_isolation_would_mix_examples():
     assert packing.check_isolation(model) < 1e-4
 
 
+def test_sliding_window_layers_keep_their_window_when_packed():
+    """Gemma 3: the isolation check runs one example longer than the window, and fails if packed rows ignored it."""
+    examples, model, _ = examples_and_model("gemma")
+    assert min(len(e["input_ids"]) for e in examples) > model.config.sliding_window
+    packing.enable(model)
+    assert packing.check_isolation(model) < 1e-4
+    sliding = [m for m in model.modules() if getattr(m, "sliding_window", None)]
+    assert sliding  # the window reaches the attention function from these modules
+    for module in sliding:
+        module.sliding_window = None  # packed rows would then attend past the window; padded ones do not
+    with pytest.raises(packing.PackingError, match="see each other"):
+        packing.check_isolation(model)
+
+
 def test_gradients_of_packed_and_padded_batches_agree():
     examples, model, pad_collate = examples_and_model("llama")
     packing.enable(model)
@@ -98,6 +112,12 @@ def train(model, out, *extra):
     return result, json.loads((out / "train_summary.json").read_text())
 
 
+def assert_follows(packed: dict, padded: dict) -> None:
+    """A packed run's first and last losses are the padded run's (same examples, same steps)."""
+    assert packed["train_loss_first"] == pytest.approx(padded["train_loss_first"], rel=1e-4)
+    assert packed["train_loss_final"] == pytest.approx(padded["train_loss_final"], rel=1e-3)
+
+
 @pytest.mark.slow
 def test_trainer_runs_padded_and_packed_to_the_same_losses_and_groups_by_length(tiny_llama, tmp_path):
     """Same examples and steps: the packed run's losses follow the padded run's; group_by_length pads less."""
@@ -115,8 +135,7 @@ def test_trainer_runs_padded_and_packed_to_the_same_losses_and_groups_by_length(
     tokenized, _ = tokenize_records(train_records, AutoTokenizer.from_pretrained(tiny_llama), get_template("alpaca"), 1024)
     assert grouped["throughput"]["steps"][0]["slots"] == 4 * max(len(e["input_ids"]) for e in tokenized)
     assert grouped["throughput"]["batching"] == "group_by_length"
-    assert packed["train_loss_first"] == pytest.approx(padded["train_loss_first"], rel=1e-4)
-    assert packed["train_loss_final"] == pytest.approx(padded["train_loss_final"], rel=1e-3)
+    assert_follows(packed, padded)
     # The saved model names plain sdpa and reloads without this project's code registered.
     config = json.loads((tmp_path / "packed" / "config.json").read_text())
     assert config.get("_attn_implementation", "sdpa") in (None, "sdpa")
@@ -124,10 +143,24 @@ def test_trainer_runs_padded_and_packed_to_the_same_losses_and_groups_by_length(
 
 
 @pytest.mark.slow
+def test_gemma3_trains_full_lora_and_packed(tiny_gemma, tmp_path):
+    """A tiny Gemma 3 (a sliding-window layer) trains full and LoRA; packed runs follow the padded ones."""
+    _, full = train(tiny_gemma, tmp_path / "full", "--learned_logits_only", "False")
+    result, full_packed = train(tiny_gemma, tmp_path / "full-packed", "--packing")
+    assert "examples isolated" in result.stderr
+    assert_follows(full_packed, full)
+    assert full["train_loss_final"] < full["train_loss_first"]
+    _, lora = train(tiny_gemma, tmp_path / "lora", "--lora_r", "8", "--learning_rate", "1e-2")
+    _, lora_packed = train(tiny_gemma, tmp_path / "lora-packed", "--lora_r", "8", "--learning_rate", "1e-2", "--packing")
+    assert (tmp_path / "lora-packed" / "adapter_model.safetensors").exists()
+    assert_follows(lora_packed, lora)
+    assert lora["train_loss_final"] < lora["train_loss_first"]
+
+
+@pytest.mark.slow
 def test_lora_with_packing_follows_the_padded_lora_run(tiny_llama, tmp_path):
     _, padded = train(tiny_llama, tmp_path / "padded", "--lora_r", "8", "--learning_rate", "1e-2")
     _, packed = train(tiny_llama, tmp_path / "packed", "--lora_r", "8", "--learning_rate", "1e-2", "--packing")
     assert (tmp_path / "packed" / "adapter_model.safetensors").exists()
-    assert packed["train_loss_first"] == pytest.approx(padded["train_loss_first"], rel=1e-4)
-    assert packed["train_loss_final"] == pytest.approx(padded["train_loss_final"], rel=1e-3)
+    assert_follows(packed, padded)
     assert packed["train_loss_final"] < packed["train_loss_first"]
