@@ -34,6 +34,7 @@ from pathlib import Path
 
 from data_gen.client import (ChatClient, ClientError, add_client_args, check_client_args, client_from_args,
                              setup_logging)
+from data_gen.language import looks_like
 from data_gen.rouge import RougeDedup, tokenize
 
 logger = logging.getLogger(__name__)
@@ -129,21 +130,6 @@ BLACKLIST = (
 )
 _BLACKLIST_RE = re.compile(r"\b(?:" + "|".join(re.escape(w) for w in BLACKLIST) + r")\b", re.IGNORECASE)
 
-# Language check: the share of words that are common function words of each language. Measured on
-# GenMedGPT-5k-id and chatdoctor5k (fields of 5+ words): Indonesian inputs have 24-45% Indonesian
-# stopwords and no English ones; English texts have no Indonesian ones. A field passes for "id" when
-# at least 5% of its words are Indonesian stopwords and more of them are Indonesian than English.
-STOPWORDS = {
-    "id": frozenset("""yang dan di ke dari ini itu dengan untuk tidak saya anda ada pada atau juga akan bisa sudah
-        karena dalam seperti jika bila agar perlu lebih sangat telah masih sejak apakah apa bagaimana kapan
-        segera dapat harus sering setelah sebelum saat oleh bahwa kami kita mereka dia ia belum tetapi tapi namun
-        serta hanya sampai lalu maka jadi kalau mungkin banyak beberapa setiap semua aku kau dok dokter ya
-        berdasarkan sepertinya tampaknya memiliki mengalami menderita punya adalah merupakan""".split()),
-    "en": frozenset("""the and of to a in is you your that it for with on are be this have has was were as at or
-        not can if what how should i my me do does an from by will would been""".split()),
-}
-MIN_LANGUAGE_RATIO = 0.05
-MIN_WORDS_TO_JUDGE = 5  # shorter fields (a drug name, "Ya.") are not judged
 
 
 # ------------------------------------------------------------------------------------------- parse
@@ -245,16 +231,6 @@ class Limits:
     max_input_words: int = 300
     min_output_words: int = 5
     max_output_words: int = 400
-
-
-def looks_like(text: str, language: str) -> bool:
-    """A cheap language check by stopword shares (see STOPWORDS); short texts always pass."""
-    words = tokenize(text)
-    if len(words) < MIN_WORDS_TO_JUDGE:
-        return True
-    shares = {lang: sum(w in stop for w in words) / len(words) for lang, stop in STOPWORDS.items()}
-    other = max((s for lang, s in shares.items() if lang != language), default=0.0)
-    return shares[language] >= MIN_LANGUAGE_RATIO and shares[language] > other
 
 
 def check_record(candidate: dict, limits: Limits, language: str) -> tuple[dict | None, str | None]:

@@ -29,8 +29,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from data_gen.client import ChatClient, add_client_args, check_client_args, setup_logging
-from data_gen.generate import (DOCTOR_INSTRUCTION, FIELDS, JsonlOutput, OutputError, looks_like, parse_json_objects,
+from data_gen.generate import (DOCTOR_INSTRUCTION, FIELDS, JsonlOutput, OutputError, parse_json_objects,
                                run_resumable)
+from data_gen.language import looks_like
 from data_gen.rouge import tokenize
 
 logger = logging.getLogger(__name__)

@@ -207,6 +207,21 @@ def split_records(records: list[dict], val_set_size: float | int, seed: int = SP
     return [records[i] for i in parts["train"]["i"]], [records[i] for i in parts["test"]["i"]]
 
 
+def with_empty_input_share(records: list[dict], share: float, seed: int = SPLIT_SEED) -> tuple[list[dict], int]:
+    """Render `share` of the records that have an input in the demo's shape: the input (the patient's
+    words) becomes the instruction and the input is empty, so the model learns to answer the
+    empty-input Alpaca prompt the demo sends, not only GenMedGPT's fixed-instruction prompt.
+    Returns the records and how many were rewritten; the choice is deterministic (seed)."""
+    if not 0 <= share <= 1:
+        raise DataError(f"--empty_input_share {share}: give a share between 0 and 1.")
+    import random
+
+    with_input = [i for i, r in enumerate(records) if r["input"]]
+    chosen = set(random.Random(seed).sample(with_input, round(share * len(with_input))))
+    out = [{**r, "instruction": r["input"], "input": ""} if i in chosen else r for i, r in enumerate(records)]
+    return out, len(chosen)
+
+
 # ------------------------------------------------------------------------------------------ tokenize
 
 

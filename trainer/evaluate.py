@@ -1,17 +1,18 @@
-"""Compare models on held-out Alpaca records: loss on learned tokens, and scored generated answers.
+"""Compare models on held-out Alpaca records: loss on learned tokens, and scored greedy answers, in
+both prompt shapes (`input`: GenMedGPT's, `empty`: the demo's; see trainer/eval_report.py).
 
-    python -m trainer.evaluate --model smollm2-135m --model out-lora \
-        --data_path ../shared/data/GenMedGPT-5k-id.json --limit 50 --out eval
+    python -m trainer.evaluate --model gemma3-270m --model alpaca-medis-270m --template alpaca-id \
+        --data_path ../shared/data/GenMedGPT-5k-id.json --limit 200 --output_dir eval
 
 The records are the validation split training used (same --val_set_size, seed 42), so a model
-trained with `trainer.train` never saw them. For each model:
-- loss and perplexity on the learned tokens only (the answer and its EOS, as in training), with
-  the prompt rendered by the model's own chat_template (instruction as the system message, input
-  as the user's: the with-input Alpaca prompt for our checkpoints, ChatML for the untouched base);
-- a greedy answer per record through the same chat template, scored against the reference output
-  with ROUGE-L F (data_gen/rouge.py) and chrF (sacrebleu); its length in words and whether it
-  stopped on EOS.
-Writes `eval.json` and `eval.md` (a table comparing the models and side-by-side samples) to --out.
+trained with `trainer.train` never saw them. For each model and prompt shape:
+- loss and perplexity on the learned tokens only (the answer and its EOS, as in training), with the
+  prompt rendered by the model's own chat_template (`--template` for a model without one);
+- a greedy answer per record through the same chat template (batches of --batch_size, left-padded),
+  scored against the reference with ROUGE-L F (data_gen/rouge.py) and chrF (sacrebleu); its length in
+  words, whether it stopped on EOS, whether it is Indonesian (data_gen's language check) and whether
+  it loops (a word 4-gram three times or more).
+Writes `eval.json` and `eval.md` (the comparison table and side-by-side samples) to --output_dir.
 """
 
 from __future__ import annotations
@@ -26,35 +27,29 @@ import sys
 import torch
 
 from trainer import data as data_lib
+from trainer.eval_report import SHAPES, answer_metrics, comparison_table, messages_for
 from trainer.inference import ChatModel, InputError, on_torch_thread
 from trainer.models import ModelError
 
 logger = logging.getLogger("trainer.evaluate")
 
 
-def messages_for(record: dict) -> list[dict]:
-    """A record as chat messages: the instruction is the system message when there is an input."""
-    if record["input"]:
-        return [{"role": "system", "content": record["instruction"]}, {"role": "user", "content": record["input"]}]
-    return [{"role": "user", "content": record["instruction"]}]
-
-
-def encode(tokenizer, record: dict) -> tuple[list[int], list[int]]:
+def encode(tokenizer, record: dict, shape: str = "input") -> tuple[list[int], list[int]]:
     """(input ids, labels) with the prompt masked, prompt and answer encoded separately as in training."""
-    prompt = tokenizer.apply_chat_template(messages_for(record), add_generation_prompt=True, tokenize=False)
+    prompt = tokenizer.apply_chat_template(messages_for(record, shape), add_generation_prompt=True, tokenize=False)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]  # the template holds any BOS
     answer_ids = tokenizer(record["output"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return prompt_ids + answer_ids, [data_lib.IGNORE_INDEX] * len(prompt_ids) + answer_ids
 
 
 @torch.no_grad()
-def learned_token_loss(model, tokenizer, records: list[dict]) -> tuple[float, int]:
+def learned_token_loss(model, tokenizer, records: list[dict], shape: str = "input") -> tuple[float, int]:
     """Mean cross-entropy over every learned token of the records (token-weighted), and their count."""
     collate = data_lib.DataCollator(tokenizer.eos_token_id)  # one record per batch: nothing is padded
     total, count = 0.0, 0
     model.eval()
     for record in records:
-        ids, labels = encode(tokenizer, record)
+        ids, labels = encode(tokenizer, record, shape)
         batch = {k: v.to(model.device) for k, v in collate([{"input_ids": ids, "labels": labels}]).items()}
         loss, n = data_lib.learned_loss_sum(model, batch)
         total += float(loss)
@@ -62,19 +57,29 @@ def learned_token_loss(model, tokenizer, records: list[dict]) -> tuple[float, in
     return total / max(count, 1), count
 
 
-def rouge_l(hypothesis: str, reference: str) -> float:
-    from data_gen.rouge import rouge_l as score, tokenize
+def greedy_answers(chat: ChatModel, conversations: list[list[dict]], max_new_tokens: int, batch_size: int,
+                   desc: str) -> list[tuple[str, str]]:
+    """(answer, finish) per conversation, in order; batches of similar prompt length waste less padding."""
+    from tqdm.auto import tqdm
 
-    return score(tokenize(hypothesis), tokenize(reference))
+    order = sorted(range(len(conversations)), key=lambda i: sum(len(m["content"]) for m in conversations[i]))
+    results: list = [None] * len(conversations)
+    with tqdm(total=len(order), desc=desc, unit="answer", disable=None) as bar:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            try:
+                answers = chat.answer_batch([conversations[i] for i in chunk], max_new_tokens)
+            except InputError as e:
+                raise ModelError(f"records {chunk}: {e}") from None
+            for i, answer in zip(chunk, answers):
+                results[i] = answer
+            bar.update(len(chunk))
+    return results
 
 
-def chrf(hypothesis: str, reference: str) -> float:
-    import sacrebleu
-
-    return sacrebleu.sentence_chrf(hypothesis, [reference]).score
-
-
-def evaluate_model(name: str, records: list[dict], max_new_tokens: int, template: str | None = None) -> dict:
+def evaluate_model(name: str, records: list[dict], max_new_tokens: int, template: str | None = None,
+                   shapes=tuple(SHAPES), batch_size: int = 16) -> dict:
+    """{shape: metrics} for one model."""
     # fp32 everywhere: losses and greedy answers stay comparable across machines (the app picks bf16
     # where a CPU runs it fast, which shifts both a little).
     try:
@@ -83,29 +88,20 @@ def evaluate_model(name: str, records: list[dict], max_new_tokens: int, template
         if not template:
             raise
         chat = ChatModel.load(name, template, dtype=torch.float32)  # ... or --template when it has none
-    # On the thread that generates: a second thread running torch ops slows both (inference.TORCH_THREAD).
-    loss, learned = on_torch_thread(learned_token_loss, chat.model, chat.tokenizer, records)
-    answers, rouges, chrfs, words, eos = [], [], [], [], 0
-    for i, record in enumerate(records):
-        messages = messages_for(record)
-        try:
-            answer = chat.answer(messages[-1]["content"], messages[:-1], max_new_tokens=max_new_tokens, temperature=0.0,
-                                 repetition_penalty=1.0)
-        except InputError as e:
-            raise ModelError(f"record {i}: {e}") from None
-        answers.append(answer)
-        rouges.append(rouge_l(answer, record["output"]))
-        chrfs.append(chrf(answer, record["output"]))
-        words.append(len(answer.split()))
-        eos += chat.last.finish == "eos"
-        logger.info("%s: %d/%d answered (ROUGE-L %.3f)", name, i + 1, len(records), rouges[-1])
-    n = max(len(records), 1)
-    return {
-        "loss": loss, "perplexity": math.exp(loss), "learned_tokens": learned,
-        "rouge_l": sum(rouges) / n, "chrf": sum(chrfs) / n,
-        "answer_words_mean": sum(words) / n, "eos_share": eos / n,
-        "answers": answers, "rouge_l_per_record": rouges,
-    }
+    results = {}
+    for shape in shapes:
+        # On the thread that generates: a second thread running torch ops slows both (inference.TORCH_THREAD).
+        loss, learned = on_torch_thread(learned_token_loss, chat.model, chat.tokenizer, records, shape)
+        answered = greedy_answers(chat, [messages_for(r, shape) for r in records], max_new_tokens, batch_size,
+                                  f"{os.path.basename(name.rstrip('/'))} ({shape})")
+        answers, finishes = [a for a, _ in answered], [f for _, f in answered]
+        results[shape] = {"loss": loss, "perplexity": math.exp(loss), "learned_tokens": learned,
+                          **answer_metrics(answers, finishes, [r["output"] for r in records])}
+        m = results[shape]
+        logger.info("%s (%s): loss %.3f, ROUGE-L %.3f, chrF %.1f, EOS %.0f%%, Indonesian %.0f%%, repetition %.0f%%",
+                    name, shape, loss, m["rouge_l"], m["chrf"], 100 * m["eos_share"], 100 * m["indonesian_share"],
+                    100 * m["repetition_share"])
+    return results
 
 
 def select_records(data_path: str, split: str = "val", val_set_size: float = 0.1, limit: int = 0) -> list[dict]:
@@ -119,20 +115,12 @@ def select_records(data_path: str, split: str = "val", val_set_size: float = 0.1
 
 
 def report_markdown(result: dict, samples: int = 3) -> str:
-    lines = [
-        f"Held-out records: {result['records']} ({result['split']} split of {os.path.basename(result['data_path'])}, "
-        f"seed {data_lib.SPLIT_SEED}); greedy answers, at most {result['max_new_tokens']} new tokens.",
-        "",
-        "| model | loss (learned tokens) | perplexity | ROUGE-L F | chrF | answer words | stops on EOS |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, m in result["models"].items():
-        lines.append(f"| `{name}` | {m['loss']:.3f} | {m['perplexity']:.1f} | {m['rouge_l']:.3f} | {m['chrf']:.1f} | "
-                     f"{m['answer_words_mean']:.0f} | {m['eos_share']:.0%} |")
+    lines = [comparison_table(result)]
+    shapes = result.get("shapes") or list(SHAPES)
     for i, record in enumerate(result["samples"][:samples]):
         lines += ["", f"**Sample {i + 1}.** {record['input'] or record['instruction']}", "",
                   f"- reference: {record['output']}"]
-        lines += [f"- `{name}`: {m['answers'][i]}" for name, m in result["models"].items()]
+        lines += [f"- `{name}` ({shape}): {m[shape]['answers'][i]}" for name, m in result["models"].items() for shape in shapes]
     return "\n".join(lines) + "\n"
 
 
@@ -145,17 +133,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="evaluate the first N records of the split (0 = all)")
     parser.add_argument("--max_new_tokens", type=int, default=256)
     parser.add_argument("--template", default=None, help="for models without a chat_template")
-    parser.add_argument("--out", default="eval")
+    parser.add_argument("--shapes", default=",".join(SHAPES), help="prompt shapes, comma-separated (default %(default)s)")
+    parser.add_argument("--batch_size", type=int, default=16, help="answers generated together (default %(default)s)")
+    parser.add_argument("--output_dir", "--out", dest="out", default="eval")
     args = parser.parse_args(argv)
+    shapes = [s for s in args.shapes.split(",") if s]
+    unknown = [s for s in shapes if s not in SHAPES]
+    if unknown or not shapes:
+        parser.error(f"--shapes {args.shapes!r}: choose from {', '.join(SHAPES)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         chosen = select_records(args.data_path, args.split, args.val_set_size, args.limit)
-        models = {name: evaluate_model(name, chosen, args.max_new_tokens, args.template) for name in args.model}
+        models = {name: evaluate_model(name, chosen, args.max_new_tokens, args.template, shapes, args.batch_size)
+                  for name in args.model}
     except (data_lib.DataError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     result = {"data_path": args.data_path, "split": args.split, "records": len(chosen), "max_new_tokens": args.max_new_tokens,
-              "models": models, "samples": chosen[:5]}
+              "shapes": shapes, "models": models, "samples": chosen[:5]}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "eval.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, ensure_ascii=False, indent=2)

@@ -68,6 +68,11 @@ class DataArguments:
     data_path: str = field(default=None, metadata={"help": "Alpaca records: JSON array, JSON Lines, or a Hub dataset id."})
     val_set_size: float = field(default=0.1, metadata={"help": "Validation share (<1) or count (>=1); 0 = none. Seed 42."})
     skip_invalid: bool = field(default=False, metadata={"help": "Skip invalid records (and report the count) instead of stopping."})
+    empty_input_share: float = field(
+        default=0.0,
+        metadata={"help": "Share of training records with an input rendered as the demo asks: the input as the "
+                  "instruction, no input (0-1, seed 42). The validation records keep their shape."},
+    )
     max_train_samples: int = field(
         default=0, metadata={"help": "Train on the first N records of the training split (0 = all); for quick runs and benchmarks."}
     )
@@ -318,6 +323,10 @@ def load_datasets(data_args: DataArguments):
         logger.info("training on the first %d of %d training records (--max_train_samples)", data_args.max_train_samples, len(train_records))
         train_records = train_records[: data_args.max_train_samples]
     counts["train_used"] = len(train_records)
+    if data_args.empty_input_share:
+        train_records, counts["train_empty_input"] = data_lib.with_empty_input_share(train_records, data_args.empty_input_share)
+        logger.info("%d of %d training records rendered with an empty input (--empty_input_share %g)",
+                    counts["train_empty_input"], len(train_records), data_args.empty_input_share)
     return train_records, val_records, counts
 
 

@@ -196,3 +196,21 @@ def test_cli_reports_counts_or_exits_2(tmp_path):
     assert failed.returncode == 2 and "line 2: invalid JSON" in failed.stderr and "Traceback" not in failed.stderr
     skipped = run_module("trainer.data", bad, "--skip_invalid")
     assert skipped.returncode == 0 and "1 valid records (1 with input), 1 skipped" in skipped.stdout
+
+
+def test_a_share_of_records_takes_the_demos_empty_input_shape():
+    from trainer.data import DataError, with_empty_input_share
+
+    records = sample_records()
+    with_input = [r for r in records if r["input"]]
+    out, n = with_empty_input_share(records, 0.5)
+    assert n == round(0.5 * len(with_input)) and len(out) == len(records)
+    assert out == with_empty_input_share(records, 0.5)[0]  # deterministic (seed 42)
+    changed = [(a, b) for a, b in zip(records, out) if a != b]
+    assert len(changed) == n
+    for before, after in changed:  # the patient's words become the instruction; the answer stays
+        assert after == {**before, "instruction": before["input"], "input": ""}
+    assert with_empty_input_share(records, 0.0) == (records, 0)
+    assert sum(not r["input"] for r in with_empty_input_share(records, 1.0)[0]) == len(records)
+    with pytest.raises(DataError, match="--empty_input_share 1.5"):
+        with_empty_input_share(records, 1.5)

@@ -5,7 +5,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import SAMPLE, run_module, sample_records
-from trainer.evaluate import chrf, encode, learned_token_loss, rouge_l, select_records
+from trainer.eval_report import chrf, rouge_l
+from trainer.evaluate import encode, learned_token_loss, select_records
 from trainer.train import DataArguments, load_datasets
 
 
@@ -52,8 +53,37 @@ def test_report_lists_every_model(trained, tiny_gpt2, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((out / "eval.json").read_text())
     assert list(report["models"]) == [str(trained), str(tiny_gpt2)] and report["records"] == 2
-    for metrics in report["models"].values():
-        assert metrics["learned_tokens"] > 0 and metrics["perplexity"] == pytest.approx(2.718281828 ** metrics["loss"], rel=1e-6)
-        assert len(metrics["answers"]) == 2 and 0 <= metrics["eos_share"] <= 1
+    assert report["shapes"] == ["input", "empty"]
+    for by_shape in report["models"].values():
+        assert list(by_shape) == ["input", "empty"]
+        for metrics in by_shape.values():
+            assert metrics["learned_tokens"] > 0 and metrics["perplexity"] == pytest.approx(2.718281828 ** metrics["loss"], rel=1e-6)
+            assert len(metrics["answers"]) == len(metrics["finishes"]) == 2 and 0 <= metrics["eos_share"] <= 1
+            assert 0 <= metrics["indonesian_share"] <= 1 and 0 <= metrics["repetition_share"] <= 1
+        # The sample records have inputs, so the empty-input prompt is shorter: fewer tokens, another loss.
+        assert by_shape["input"]["loss"] != by_shape["empty"]["loss"]
     table = (out / "eval.md").read_text()
-    assert f"`{trained}`" in table and f"`{tiny_gpt2}`" in table and "**Sample 1.**" in table
+    assert f"`{trained}` | input |" in table and f"`{tiny_gpt2}` | empty |" in table and "**Sample 1.**" in table
+
+
+def test_language_and_repetition_measures_on_known_strings():
+    from trainer.eval_report import has_repetition, is_indonesian
+
+    assert is_indonesian("Anda mungkin mengalami infeksi saluran kemih. Minumlah banyak air dan segera periksa ke dokter.")
+    assert not is_indonesian("You may have a urinary tract infection. Drink plenty of water and see your doctor.")
+    assert not is_indonesian("") and not is_indonesian("   ")
+    loop = "Anda perlu minum obat. " + "Anda perlu minum obat yang diresepkan dokter. " * 3
+    assert has_repetition(loop)
+    assert not has_repetition("Anda perlu minum obat. Anda perlu istirahat. Anda perlu periksa ke dokter.")
+    assert not has_repetition("satu dua tiga")
+
+
+def test_both_prompt_shapes_of_a_record():
+    from trainer.eval_report import messages_for
+
+    record = {"instruction": "Jika Anda seorang dokter, jawablah.", "input": "Saya demam.", "output": "Istirahat."}
+    assert messages_for(record, "input") == [{"role": "system", "content": record["instruction"]},
+                                             {"role": "user", "content": "Saya demam."}]
+    assert messages_for(record, "empty") == [{"role": "user", "content": "Saya demam."}]
+    no_input = dict(record, input="")
+    assert messages_for(no_input, "input") == messages_for(no_input, "empty") == [{"role": "user", "content": record["instruction"]}]
