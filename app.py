@@ -1,10 +1,11 @@
 """Gradio chat demo + OpenAI-compatible API. Loading and generation live in trainer/inference.py.
 
-    python app.py [--model smollm2-135m | out/ | out-lora/ | user/repo] [--template alpaca-id]
+    python app.py [--model alpaca-medis-270m | smollm2-135m | out/ | out-lora/ | user/repo] [--template alpaca-id]
                   [--host 127.0.0.1] [--port 7860]
 
 The model comes from --model, else $MODEL_ID, else `config.yaml` beside this file (a Space's
-config), else the embedded smollm2-135m. Chat from code with gradio_client
+config), else the project's own alpaca-medis-270m (models/alpaca-medis-270m: a LoRA adapter on the
+embedded Gemma 3 270M base). Chat from code with gradio_client
 (`Client(url).predict(message, api_name="/chat")`) or any OpenAI client at `{url}/v1`.
 """
 
@@ -19,7 +20,7 @@ import gradio as gr
 import yaml
 
 from trainer.inference import MAX_NEW_TOKENS, ChatModel, InputError
-from trainer.models import DEFAULT_MODEL, ModelError
+from trainer.models import EMBEDDED, PROJECT_MODEL, ModelError
 from trainer.openai_api import router
 from trainer.prompts import TEMPLATES
 
@@ -29,7 +30,7 @@ DISCLAIMER = (
     "⚠️ **Bukan pengganti dokter.** Jawaban dibuat oleh model bahasa dan bisa salah. Untuk keadaan "
     "darurat atau keluhan serius, segera hubungi tenaga kesehatan. *(Not a substitute for a doctor.)*"
 )
-DEFAULTS = {"model": DEFAULT_MODEL, "template": None, "max_new_tokens": 256, "temperature": 0.0, "top_p": 0.9,
+DEFAULTS = {"model": PROJECT_MODEL, "template": None, "max_new_tokens": 256, "temperature": 0.0, "top_p": 0.9,
             "repetition_penalty": 1.1, "trust_remote_code": False, "revision": None}
 
 
@@ -47,6 +48,15 @@ def example_questions(n: int = 4) -> list[str]:
     return [r["instruction"] for r in records if not r["input"]][:n]
 
 
+def model_line(chat: ChatModel) -> str:
+    """The model the page serves, its base, and the base's license when it carries terms of its own."""
+    line = f"Model: `{chat.name}`"
+    if chat.base:
+        spec = EMBEDDED.get(chat.base)
+        line += f" (LoRA adapter on `{chat.base}`" + (f", {spec.hub_id}; {spec.license_name}" if spec else "") + ")"
+    return line
+
+
 def build_demo(chat: ChatModel, config: dict = DEFAULTS) -> gr.ChatInterface:
     def respond(message, history, max_new_tokens, temperature, top_p, repetition_penalty):
         turns = [{"role": m["role"], "content": m["content"]} for m in history if isinstance(m.get("content"), str)]
@@ -60,8 +70,8 @@ def build_demo(chat: ChatModel, config: dict = DEFAULTS) -> gr.ChatInterface:
 
     return gr.ChatInterface(
         respond,
-        title="alpaca-medis",
-        description=f"{DISCLAIMER}\n\nModel: `{chat.name}`",
+        title=f"alpaca-medis · {chat.name}",
+        description=f"{DISCLAIMER}\n\n{model_line(chat)}",
         examples=[[q] for q in example_questions()],
         cache_examples=False,
         additional_inputs=[
@@ -88,7 +98,7 @@ def build_app(chat: ChatModel, config: dict = DEFAULTS):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help=f"default: $MODEL_ID, config.yaml, or {DEFAULT_MODEL}")
+    parser.add_argument("--model", default=None, help=f"default: $MODEL_ID, config.yaml, or {PROJECT_MODEL}")
     parser.add_argument("--template", choices=list(TEMPLATES), default=None, help="override the model's chat_template")
     # Hugging Face Spaces set GRADIO_SERVER_NAME=0.0.0.0; locally the demo stays on loopback.
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))

@@ -178,3 +178,29 @@ def test_a_lora_adapter_folder_loads_and_answers(tiny_llama, tmp_path):
     assert type(chat.model).__name__ == "PeftModelForCausalLM"
     chat.answer(QUESTION, max_new_tokens=6, **GREEDY)
     assert 0 < chat.last.new_tokens <= 6 and chat.last.prompt_tokens > 0
+
+
+def test_the_default_model_is_the_shipped_adapter_with_the_empty_input_alpaca_prompt():
+    from conftest import ROOT
+    from trainer.models import PROJECT_MODEL, SHIPPED
+
+    assert app.load_config(ROOT / "no-such-config.yaml")["model"] == PROJECT_MODEL == "alpaca-medis-270m"
+    assert not (ROOT / "config.yaml").exists()  # nothing overrides the default in a checkout
+    # Gemma's tokenizer adds <bos>, so the template carries it; the user's words are the instruction, no input.
+    template = (SHIPPED[PROJECT_MODEL] / "chat_template.jinja").read_text()
+    assert template == get_template("alpaca-id").chat_template("<bos>")
+
+
+@pytest.mark.slow
+def test_the_shipped_model_answers_in_indonesian_and_stops_by_itself():
+    from trainer.eval_report import has_repetition, is_indonesian
+    from trainer.models import PROJECT_MODEL
+
+    chat = ChatModel.load(PROJECT_MODEL)  # base converted from PyPI once per machine, then the adapter
+    assert chat.base == "gemma3-270m" and "Gemma Terms of Use" in app.model_line(chat)
+    prompt, _, _ = chat.prompt(QUESTION)
+    assert prompt == "<bos>" + get_template("alpaca-id").format(QUESTION)
+    answer = chat.answer(QUESTION, max_new_tokens=256, **GREEDY)
+    print(answer)
+    assert chat.last.finish == "eos" and len(answer.split()) >= 10
+    assert is_indonesian(answer) and not has_repetition(answer)

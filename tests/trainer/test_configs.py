@@ -12,12 +12,28 @@ from conftest import ROOT, SAMPLE
 from trainer.train import parse_args
 
 CONFIGS = sorted((ROOT / "trainer" / "configs").glob("*.yaml"))
-PRESETS = [p for p in CONFIGS if p.name != "accelerate_fsdp.yaml"]
+PROJECT_PRESET = ROOT / "trainer" / "configs" / "alpaca-medis-270m.yaml"
+PRESETS = [p for p in CONFIGS if p.name not in ("accelerate_fsdp.yaml", PROJECT_PRESET.name)]  # the seed's recipe
 LAYER = {"llama-2-7b": "LlamaDecoderLayer", "polylm-1.7b": "GPT2Block", "internlm-7b": "InternLMDecoderLayer", "smollm2-135m": "LlamaDecoderLayer"}
 
 
 def test_all_four_presets_ship():
     assert sorted(p.stem for p in PRESETS) == sorted(LAYER)
+
+
+def test_the_project_model_preset_loads_with_its_recipe(tmp_path, monkeypatch):
+    """alpaca-medis-270m: LoRA on every linear layer of gemma3-270m, packed, half the records in the demo's shape."""
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    header = " ".join(line for line in PROJECT_PRESET.read_text().splitlines() if line.startswith("#"))
+    assert "make model" in header and f"--config trainer/configs/{PROJECT_PRESET.name}" in header
+    assert f"--config trainer/configs/{PROJECT_PRESET.name}" in (ROOT / "Makefile").read_text()
+    model_args, data_args, args = parse_args(["--config", str(PROJECT_PRESET), "--data_path", str(SAMPLE), "--output_dir", str(tmp_path)])
+    assert model_args.model_name_or_path == "gemma3-270m" and model_args.template == "alpaca-id"
+    assert model_args.lora_r == 16 and set(model_args.lora_target_modules.split(",")) == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert data_args.empty_input_share == 0.5 and data_args.val_set_size == 0.1 and args.seed == 42
+    assert args.packing and args.learned_logits_only and args.num_train_epochs == 1 and args.strategy == "single"
+    assert args.save_strategy == "steps" and args.save_steps > 0  # resumable
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)

