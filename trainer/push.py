@@ -438,6 +438,9 @@ def training_table(summary: dict, base_label: str) -> str:
         ("prompt template", f"`{s['template']}`" if s.get("template") else None),
         ("data", f"{data}: {_fmt(records.get('valid'))} records → {_fmt(records.get('train'))} train / "
                  f"{_fmt(records.get('val'))} validation" if records else data),
+        *([("prompt shapes", f"{_fmt(records['train_empty_input'])} of {_fmt(records.get('train_used'))} training records "
+                             "in the demo's empty-input shape (the patient's words as the instruction), the rest as given")]
+          if records.get("train_empty_input") else []),
         ("steps", f"{_fmt(s.get('global_step'))} ({_fmt(s.get('epochs'), 3)} epochs)"),
         ("examples", f"{_fmt(train.get('examples'))} train ({_fmt(train.get('truncated'))} truncated, "
                      f"{_fmt(train.get('dropped'))} dropped), {_fmt(val.get('examples'))} evaluated"),

@@ -8,7 +8,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import SAMPLE, run_module
+from conftest import SAMPLE, run_module, sample_records
 from trainer.prompts import get_template
 from trainer.train import _cpu_adjust, parse_args
 
@@ -116,9 +116,14 @@ def test_lora_wrong_target_lists_the_modules(tiny_llama, tmp_path):
 
 
 def test_gpt2_architecture_trains(tiny_gpt2, tmp_path):
-    _, summary = train_cli(tiny_gpt2, tmp_path / "out", "--max_steps", "8", "--learning_rate", "3e-3", "--save_strategy", "no",
-                           "--per_device_train_batch_size", "4")
+    result, summary = train_cli(tiny_gpt2, tmp_path / "out", "--max_steps", "8", "--learning_rate", "3e-3", "--save_strategy", "no",
+                                "--per_device_train_batch_size", "4", "--empty_input_share", "0.5")
     assert summary["eval_loss_final"] < summary["eval_loss_initial"]
+    from trainer.data import split_records
+
+    with_input = sum(bool(r["input"]) for r in split_records(sample_records(), 0.1)[0])
+    assert summary["records"]["train_empty_input"] == round(0.5 * with_input) > 0
+    assert f"{round(0.5 * with_input)} of 43 training records rendered with an empty input" in result.stderr
     tok = AutoTokenizer.from_pretrained(tmp_path / "out")
     assert tok.pad_token == tok.eos_token  # GPT-2 has no pad token: pad = eos, masked by position
 
