@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+import torch
 import uvicorn
 from gradio_client import Client
 from openai import BadRequestError, OpenAI
@@ -174,8 +175,14 @@ def test_a_lora_adapter_folder_loads_and_answers(tiny_llama, tmp_path):
     result = run_module("trainer.train", "--model_name_or_path", tiny_llama, "--data_path", SAMPLE, "--output_dir", out,
                         "--max_steps", "2", "--lora_r", "4", "--save_strategy", "no", "--model_max_length", "1024")
     assert result.returncode == 0, result.stderr[-2000:]
-    chat = ChatModel.load(str(out))
-    assert type(chat.model).__name__ == "PeftModelForCausalLM"
+    chat = ChatModel.load(str(out), dtype=torch.float32)
+    # Folded into its base's weights at load: a plain model, no extra LoRA matmuls per decoded token.
+    assert type(chat.model).__name__ == "LlamaForCausalLM" and chat.base == str(tiny_llama)
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    merged_q, base_q = chat.model.model.layers[0].self_attn.q_proj.weight, base.model.layers[0].self_attn.q_proj.weight
+    assert merged_q.shape == base_q.shape and not torch.equal(merged_q, base_q)
     chat.answer(QUESTION, max_new_tokens=6, **GREEDY)
     assert 0 < chat.last.new_tokens <= 6 and chat.last.prompt_tokens > 0
 
