@@ -82,6 +82,11 @@ def _share(value) -> str:
     return "–" if value is None else f"{value:.0%}"
 
 
+def _num(value, spec: str) -> str:
+    """A metric, or – where it was not measured (a model evaluated by loss only)."""
+    return "–" if value is None else format(value, spec)
+
+
 def comparison_table(result: dict, name=lambda n: f"`{n}`") -> str:
     """One row per model and prompt shape; `name` renders a model's name (push replaces local paths)."""
     rows = [
@@ -92,12 +97,13 @@ def comparison_table(result: dict, name=lambda n: f"`{n}`") -> str:
     for model, by_shape in result["models"].items():
         for shape, m in _by_shape(by_shape).items():
             rows.append(
-                f"| {name(model)} | {shape} | {m['loss']:.3f} | {m['perplexity']:.1f} | {m['rouge_l']:.3f} | "
-                f"{m['chrf']:.1f} | {m.get('answer_words_mean', 0):.0f} | {_share(m.get('eos_share'))} | "
+                f"| {name(model)} | {shape} | {m['loss']:.3f} | {m['perplexity']:.1f} | {_num(m.get('rouge_l'), '.3f')} | "
+                f"{_num(m.get('chrf'), '.1f')} | {_num(m.get('answer_words_mean'), '.0f')} | {_share(m.get('eos_share'))} | "
                 f"{_share(m.get('indonesian_share'))} | {_share(m.get('repetition_share'))} |"
             )
     return (
         f"{result.get('records')} held-out records ({result.get('split')} split of "
-        f"{Path(str(result.get('data_path'))).name}), greedy answers of at most {result.get('max_new_tokens')} tokens. "
+        f"{Path(str(result.get('data_path'))).name}), greedy answers of at most {result.get('max_new_tokens')} tokens, "
+        f"{result.get('dtype', 'float32')}. "
         "Prompt `input`: " + SHAPES["input"] + "; `empty`: " + SHAPES["empty"] + ".\n\n" + "\n".join(rows)
     )

@@ -78,20 +78,25 @@ def greedy_answers(chat: ChatModel, conversations: list[list[dict]], max_new_tok
 
 
 def evaluate_model(name: str, records: list[dict], max_new_tokens: int, template: str | None = None,
-                   shapes=tuple(SHAPES), batch_size: int = 16) -> dict:
-    """{shape: metrics} for one model."""
-    # fp32 everywhere: losses and greedy answers stay comparable across machines (the app picks bf16
+                   shapes=tuple(SHAPES), batch_size: int = 16, dtype: torch.dtype = torch.float32,
+                   answers: bool = True) -> dict:
+    """{shape: metrics} for one model; with answers=False only the loss (cheap: no generation)."""
+    # fp32 by default: losses and greedy answers stay comparable across machines (the app picks bf16
     # where a CPU runs it fast, which shifts both a little).
     try:
-        chat = ChatModel.load(name, dtype=torch.float32)  # the model's own chat_template ...
+        chat = ChatModel.load(name, dtype=dtype)  # the model's own chat_template ...
     except ModelError:
         if not template:
             raise
-        chat = ChatModel.load(name, template, dtype=torch.float32)  # ... or --template when it has none
+        chat = ChatModel.load(name, template, dtype=dtype)  # ... or --template when it has none
     results = {}
     for shape in shapes:
         # On the thread that generates: a second thread running torch ops slows both (inference.TORCH_THREAD).
         loss, learned = on_torch_thread(learned_token_loss, chat.model, chat.tokenizer, records, shape)
+        if not answers:
+            results[shape] = {"loss": loss, "perplexity": math.exp(loss), "learned_tokens": learned}
+            logger.info("%s (%s): loss %.3f (no answers generated)", name, shape, loss)
+            continue
         answered = greedy_answers(chat, [messages_for(r, shape) for r in records], max_new_tokens, batch_size,
                                   f"{os.path.basename(name.rstrip('/'))} ({shape})")
         answers, finishes = [a for a, _ in answered], [f for _, f in answered]
@@ -120,7 +125,8 @@ def report_markdown(result: dict, samples: int = 3) -> str:
     for i, record in enumerate(result["samples"][:samples]):
         lines += ["", f"**Sample {i + 1}.** {record['input'] or record['instruction']}", "",
                   f"- reference: {record['output']}"]
-        lines += [f"- `{name}` ({shape}): {m[shape]['answers'][i]}" for name, m in result["models"].items() for shape in shapes]
+        lines += [f"- `{name}` ({shape}): {m[shape]['answers'][i]}" for name, m in result["models"].items() for shape in shapes
+                  if "answers" in m[shape]]
     return "\n".join(lines) + "\n"
 
 
@@ -135,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--template", default=None, help="for models without a chat_template")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="prompt shapes, comma-separated (default %(default)s)")
     parser.add_argument("--batch_size", type=int, default=16, help="answers generated together (default %(default)s)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="float32 compares across machines; bfloat16 is the demo's dtype where the CPU runs it fast, "
+                             "and ~2x faster here")
+    parser.add_argument("--loss_only", action="append", default=[],
+                        help="a --model to measure by loss only, without generating answers (repeatable)")
     parser.add_argument("--output_dir", "--out", dest="out", default="eval")
     args = parser.parse_args(argv)
     shapes = [s for s in args.shapes.split(",") if s]
@@ -144,13 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         chosen = select_records(args.data_path, args.split, args.val_set_size, args.limit)
-        models = {name: evaluate_model(name, chosen, args.max_new_tokens, args.template, shapes, args.batch_size)
+        models = {name: evaluate_model(name, chosen, args.max_new_tokens, args.template, shapes, args.batch_size,
+                                       getattr(torch, args.dtype), answers=name not in args.loss_only)
                   for name in args.model}
     except (data_lib.DataError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     result = {"data_path": args.data_path, "split": args.split, "records": len(chosen), "max_new_tokens": args.max_new_tokens,
-              "shapes": shapes, "models": models, "samples": chosen[:5]}
+              "dtype": args.dtype, "shapes": shapes, "models": models, "samples": chosen[:5]}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "eval.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, ensure_ascii=False, indent=2)
