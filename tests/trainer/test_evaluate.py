@@ -87,3 +87,16 @@ def test_both_prompt_shapes_of_a_record():
     assert messages_for(record, "empty") == [{"role": "user", "content": "Saya demam."}]
     no_input = dict(record, input="")
     assert messages_for(no_input, "input") == messages_for(no_input, "empty") == [{"role": "user", "content": record["instruction"]}]
+
+
+def test_a_model_measured_by_loss_only_gets_no_answers(trained, tiny_gpt2, tmp_path):
+    out = tmp_path / "eval"
+    result = run_module("trainer.evaluate", "--model", trained, "--model", tiny_gpt2, "--template", "alpaca-id",
+                        "--data_path", SAMPLE, "--limit", "2", "--max_new_tokens", "4", "--loss_only", tiny_gpt2,
+                        "--shapes", "empty", "--output_dir", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((out / "eval.json").read_text())
+    assert report["dtype"] == "float32" and report["shapes"] == ["empty"]
+    assert set(report["models"][str(tiny_gpt2)]["empty"]) == {"loss", "perplexity", "learned_tokens"}
+    assert len(report["models"][str(trained)]["empty"]["answers"]) == 2
+    assert f"| `{tiny_gpt2}` | empty |" in (out / "eval.md").read_text() and "| – | – | – |" in (out / "eval.md").read_text()
