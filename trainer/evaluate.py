@@ -99,9 +99,9 @@ def evaluate_model(name: str, records: list[dict], max_new_tokens: int, template
             continue
         answered = greedy_answers(chat, [messages_for(r, shape) for r in records], max_new_tokens, batch_size,
                                   f"{os.path.basename(name.rstrip('/'))} ({shape})")
-        answers, finishes = [a for a, _ in answered], [f for _, f in answered]
+        texts, finishes = [a for a, _ in answered], [f for _, f in answered]
         results[shape] = {"loss": loss, "perplexity": math.exp(loss), "learned_tokens": learned,
-                          **answer_metrics(answers, finishes, [r["output"] for r in records])}
+                          **answer_metrics(texts, finishes, [r["output"] for r in records])}
         m = results[shape]
         logger.info("%s (%s): loss %.3f, ROUGE-L %.3f, chrF %.1f, EOS %.0f%%, Indonesian %.0f%%, repetition %.0f%%",
                     name, shape, loss, m["rouge_l"], m["chrf"], 100 * m["eos_share"], 100 * m["indonesian_share"],
