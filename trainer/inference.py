@@ -194,6 +194,10 @@ class ChatModel:
         config = getattr(self.model, "config", None)
         return int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048)
 
+    def bounded_new_tokens(self, max_new_tokens) -> int:
+        """Bounded by the server limit and by half the context, so a prompt always has room."""
+        return max(1, min(int(max_new_tokens), MAX_NEW_TOKENS, self.context_length // 2))
+
     def prompt(self, message: str, history: list[dict] | None = None, max_new_tokens: int = 256) -> tuple[str, int, int]:
         """(prompt text, its token count, history turns dropped) so that prompt + answer fit the context.
 
@@ -224,8 +228,7 @@ class ChatModel:
         """Yield the growing answer text. temperature 0 = greedy. Closing the generator stops generation."""
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
-        # Bounded by the server limit and by half the context, so a prompt always has room.
-        max_new_tokens = max(1, min(int(max_new_tokens), MAX_NEW_TOKENS, self.context_length // 2))
+        max_new_tokens = self.bounded_new_tokens(max_new_tokens)
         text, prompt_tokens, dropped = self.prompt(message, history, max_new_tokens)
         # The template already holds any BOS text, so the tokenizer must not add another.
         inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).to(self.model.device)
@@ -298,7 +301,7 @@ class ChatModel:
         left-padded: (text, finish) per conversation, finish being "eos", "marker" or "length". For
         evaluation, where a batch decodes several times faster than one answer after another; the
         answers equal one-at-a-time greedy ones up to the rounding that padding brings."""
-        max_new_tokens = max(1, min(int(max_new_tokens), MAX_NEW_TOKENS, self.context_length // 2))
+        max_new_tokens = self.bounded_new_tokens(max_new_tokens)
         texts = [self.prompt(c[-1]["content"], c[:-1], max_new_tokens)[0] for c in conversations]
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
