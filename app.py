@@ -19,9 +19,9 @@ from pathlib import Path
 import gradio as gr
 import yaml
 
-from trainer.inference import MAX_NEW_TOKENS, ChatModel, InputError
+from trainer.serve.inference import MAX_NEW_TOKENS, ChatModel, InputError
 from trainer.models import EMBEDDED, PROJECT_MODEL, ModelError
-from trainer.openai_api import router
+from trainer.serve.openai_api import router
 from trainer.prompts import TEMPLATES
 
 HERE = Path(__file__).parent

@@ -21,7 +21,7 @@ import sys
 import time
 
 from data_gen.rouge import RougeDedup, rouge_l, tokenize
-from trainer.data import DataError, load_records
+from trainer.records import DataError, load_records
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
 DEFAULT_FILES = [os.path.join(DATA_DIR, "GenMedGPT-5k-id.json"), os.path.join(DATA_DIR, "chatdoctor5k.json")]

@@ -5,7 +5,7 @@
     python -m data_gen convert a.jsonl b.json --out merged.jsonl                        # merge + dedup
     python -m data_gen convert qa.json --out qa.jsonl --instruction "..."               # map variant keys
 
-Every input is read and validated by trainer.data.load_records (a bad record stops the run, exit
+Every input is read and validated by trainer.records.load_records (a bad record stops the run, exit
 2, naming it; --skip_invalid drops and counts them). Records in ChatDoctor-style variants
 (`question`/`answer`, `patient`/`doctor`, iCliniq's `answer_icliniq`, ...) are mapped to
 instruction/input/output first. Merging (more than one input, or --dedup) removes, first
@@ -29,12 +29,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from data_gen.rouge import RougeDedup
-from trainer import data as alpaca
-from trainer.data import DataError, LoadedData
+from trainer.records import DOCTOR_INSTRUCTION, DataError, LoadedData, load_records, near_dup_key
 
 # The GenMedGPT instruction, for mapped records that carry none (patient/doctor pairs): the
 # Indonesian one, the shape the project trains on. Pass --instruction for English data.
-DEFAULT_INSTRUCTION = "Jika Anda seorang dokter, silakan menjawab pertanyaan medis berdasarkan deskripsi pasien."
+DEFAULT_INSTRUCTION = DOCTOR_INSTRUCTION["id"]
 
 # Variant keys, in order of preference, per Alpaca field.
 KEY_VARIANTS = {
@@ -96,7 +95,7 @@ def map_record(obj: object, instruction: str = DEFAULT_INSTRUCTION) -> tuple[obj
 
 
 def load_file(path: str, skip_invalid: bool, report: Report, instruction: str = DEFAULT_INSTRUCTION) -> LoadedData:
-    """trainer.data.load_records, mapping variant keys on the way; counts into `report`."""
+    """trainer.records.load_records, mapping variant keys on the way; counts into `report`."""
     how_mapped = Counter()
 
     def transform(obj):
@@ -105,7 +104,7 @@ def load_file(path: str, skip_invalid: bool, report: Report, instruction: str = 
             how_mapped[how] += 1
         return new
 
-    loaded = alpaca.load_records(path, skip_invalid, transform=transform)
+    loaded = load_records(path, skip_invalid, transform=transform)
     report.mapped.update(how_mapped)
     report.read[path] += len(loaded.records) + len(loaded.skipped)
     for problem in loaded.skipped:
@@ -118,11 +117,6 @@ def load_file(path: str, skip_invalid: bool, report: Report, instruction: str = 
 
 def normalize(text: str) -> str:
     return " ".join(text.split())
-
-
-def near_dup_key(record: dict) -> str:
-    """What near-dedup compares: instruction and input, never the instruction alone."""
-    return record["instruction"] + "\n" + record["input"]
 
 
 def dedup(

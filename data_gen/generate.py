@@ -36,17 +36,12 @@ from data_gen.client import (ChatClient, ClientError, add_client_args, check_cli
                              setup_logging)
 from data_gen.language import looks_like
 from data_gen.rouge import RougeDedup, tokenize
+from trainer.records import DOCTOR_INSTRUCTION, FIELDS, DataError, load_records
 
 logger = logging.getLogger(__name__)
 
-FIELDS = ("instruction", "input", "output")
 SEED_TASKS = Path(__file__).resolve().parents[1] / "data" / "seed_tasks.jsonl"
 
-# The constant instruction of GenMedGPT-5k-id and of ChatDoctor's GenMedGPT-5k.
-DOCTOR_INSTRUCTION = {
-    "id": "Jika Anda seorang dokter, silakan menjawab pertanyaan medis berdasarkan deskripsi pasien.",
-    "en": "If you are a doctor, please answer the medical questions based on the patient's description.",
-}
 NO_INPUT = {"id": "<kosong>", "en": "<noinput>"}
 # What models write for "no input"; such an input becomes "".
 NO_INPUT_MARKERS = {"", "<noinput>", "<no input>", "<kosong>", "<tidak ada>", "(kosong)", "kosong", "-", "tidak ada",
@@ -396,7 +391,6 @@ def generate(args: argparse.Namespace, client: ChatClient, out: JsonlOutput, pro
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from trainer.data import load_records  # imports torch (~2 s), so only once a run starts
 
     seeds = load_records(args.seed_tasks).records
     existing = load_records(str(out.path)).records if out.path.stat().st_size else []
@@ -521,7 +515,6 @@ def run_resumable(args: argparse.Namespace, job, progress) -> int:
 
     Exit codes: 0 done, 1 the server failed for good or the model stalled (resumable), 2 bad input
     or output file, 3 finished with records that could not be made (translate), 130 interrupted."""
-    from trainer.data import DataError
 
     client = client_from_args(args)
     try:

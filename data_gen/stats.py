@@ -4,7 +4,7 @@
     python -m data_gen stats data/sample.jsonl --out stats/ --tokenizer smollm2-135m --top_words 20
 
 Several files are read as one dataset (their records concatenated, as a merge would); each is listed
-under "sources". Files are read and validated by trainer.data.load_records (a bad record stops the
+under "sources". Files are read and validated by trainer.records.load_records (a bad record stops the
 run, exit 2; --skip_invalid counts and skips it). The numbers follow data/README.md: lengths in
 characters (Python len), median by `statistics.median`, mean rounded to one decimal, p95 by nearest
 rank; duplicates are extra copies beyond the first, by exact string equality. Near duplicates are the
@@ -24,9 +24,7 @@ import sys
 from collections import Counter
 
 from data_gen.rouge import RougeDedup, tokenize
-from trainer.data import DataError, load_records
-
-FIELDS = ("instruction", "input", "output")
+from trainer.records import FIELDS, DataError, load_records, near_dup_key
 
 # Function words that would otherwise fill the top-words chart (Indonesian, then English).
 STOPWORDS = frozenset(
@@ -98,7 +96,7 @@ def compute_stats(
     near = None
     if near_dup_threshold > 0:
         dedup = RougeDedup(near_dup_threshold)
-        kept = sum(dedup.add(r["instruction"] + "\n" + r["input"]) for r in records)
+        kept = sum(dedup.add(near_dup_key(r)) for r in records)
         near = {"threshold": near_dup_threshold, "key": "instruction + \\n + input", "removed": n - kept}
     top_instruction, top_count = instructions.most_common(1)[0]
     stats = {

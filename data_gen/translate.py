@@ -29,10 +29,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from data_gen.client import ChatClient, add_client_args, check_client_args, setup_logging
-from data_gen.generate import (DOCTOR_INSTRUCTION, FIELDS, JsonlOutput, OutputError, parse_json_objects,
-                               run_resumable)
+from data_gen.generate import JsonlOutput, OutputError, parse_json_objects, run_resumable
 from data_gen.language import looks_like
 from data_gen.rouge import tokenize
+from trainer.records import DOCTOR_INSTRUCTION, FIELDS, load_records
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,6 @@ def translate(args: argparse.Namespace, client: ChatClient, out: JsonlOutput, pr
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from trainer.data import load_records
 
     source = load_records(args.data_path).records  # strict: a skipped record would shift every index
     progress.source = args.data_path

@@ -13,7 +13,7 @@ from openai import BadRequestError, OpenAI
 
 import app
 from conftest import SAMPLE, run_module
-from trainer.inference import ChatModel
+from trainer.serve.inference import ChatModel
 from trainer.prompts import get_template
 
 QUESTION = "Dokter, kenapa saya sering pusing saat bangun tidur?"

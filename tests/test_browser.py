@@ -9,7 +9,7 @@ import pytest
 import app
 from test_app import serve
 from trainer.eval_report import is_indonesian
-from trainer.inference import ChatModel
+from trainer.serve.inference import ChatModel
 
 pytestmark = [
     pytest.mark.slow,

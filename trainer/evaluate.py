@@ -26,9 +26,10 @@ import sys
 
 import torch
 
-from trainer import data as data_lib
+from trainer import batches as batch_lib
+from trainer import records as record_lib
 from trainer.eval_report import SHAPES, answer_metrics, comparison_table, messages_for
-from trainer.inference import ChatModel, InputError, on_torch_thread
+from trainer.serve.inference import ChatModel, InputError, on_torch_thread
 from trainer.models import ModelError
 
 logger = logging.getLogger("trainer.evaluate")
@@ -39,19 +40,19 @@ def encode(tokenizer, record: dict, shape: str = "input") -> tuple[list[int], li
     prompt = tokenizer.apply_chat_template(messages_for(record, shape), add_generation_prompt=True, tokenize=False)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]  # the template holds any BOS
     answer_ids = tokenizer(record["output"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return prompt_ids + answer_ids, [data_lib.IGNORE_INDEX] * len(prompt_ids) + answer_ids
+    return prompt_ids + answer_ids, [batch_lib.IGNORE_INDEX] * len(prompt_ids) + answer_ids
 
 
 @torch.no_grad()
 def learned_token_loss(model, tokenizer, records: list[dict], shape: str = "input") -> tuple[float, int]:
     """Mean cross-entropy over every learned token of the records (token-weighted), and their count."""
-    collate = data_lib.DataCollator(tokenizer.eos_token_id)  # one record per batch: nothing is padded
+    collate = batch_lib.DataCollator(tokenizer.eos_token_id)  # one record per batch: nothing is padded
     total, count = 0.0, 0
     model.eval()
     for record in records:
         ids, labels = encode(tokenizer, record, shape)
         batch = {k: v.to(model.device) for k, v in collate([{"input_ids": ids, "labels": labels}]).items()}
-        loss, n = data_lib.learned_loss_sum(model, batch)
+        loss, n = batch_lib.learned_loss_sum(model, batch)
         total += float(loss)
         count += n
     return total / max(count, 1), count
@@ -111,11 +112,11 @@ def evaluate_model(name: str, records: list[dict], max_new_tokens: int, template
 
 def select_records(data_path: str, split: str = "val", val_set_size: float = 0.1, limit: int = 0) -> list[dict]:
     """The records of a split exactly as trainer.train splits them (seed 42)."""
-    records = data_lib.load_records(data_path).records
-    train, val = data_lib.split_records(records, val_set_size)
+    records = record_lib.load_records(data_path).records
+    train, val = record_lib.split_records(records, val_set_size)
     chosen = (val if split == "val" else train)[: limit or None]
     if not chosen:
-        raise data_lib.DataError(f"The {split} split of {data_path} is empty (--val_set_size {val_set_size}).")
+        raise record_lib.DataError(f"The {split} split of {data_path} is empty (--val_set_size {val_set_size}).")
     return chosen
 
 
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         models = {name: evaluate_model(name, chosen, args.max_new_tokens, args.template, shapes, args.batch_size,
                                        getattr(torch, args.dtype), answers=name not in args.loss_only)
                   for name in args.model}
-    except (data_lib.DataError, ModelError) as e:
+    except (record_lib.DataError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     result = {"data_path": args.data_path, "split": args.split, "records": len(chosen), "max_new_tokens": args.max_new_tokens,

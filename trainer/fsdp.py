@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from trainer import packing
-from trainer.data import DataCollator, SupervisedDataset, batch_counts, learned_loss_sum, to_device
+from trainer.batches import DataCollator, SupervisedDataset, batch_counts, learned_loss_sum, to_device
 
 logger = logging.getLogger("trainer.fsdp")
 

@@ -11,7 +11,7 @@ runs trainer/fsdp.py, which really shards parameters on GPUs and CPUs alike.
 stanford_alpaca's README command is accepted as written: `--evaluation_strategy` (now
 `--eval_strategy`) and `--warmup_ratio` (now a fractional `--warmup_steps`) are renamed, and the
 GPU-only `--tf32` and `--bf16` are dropped with a warning where they cannot help (see
-`_cpu_adjust`). Flags override a `--config file.yaml`.
+`trainer/alpaca_flags.py`). Flags override a `--config file.yaml`.
 
 Steps: parse_args -> load_datasets -> load_model_and_tokenizer -> build_datasets -> train (Trainer or FSDP) -> save.
 """
@@ -32,17 +32,17 @@ import transformers
 from transformers import HfArgumentParser, Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
-from trainer import data as data_lib
+from trainer import alpaca_flags
+from trainer import batches as batch_lib
+from trainer import records as record_lib
 from trainer import fsdp as fsdp_lib
 from trainer import packing as packing_lib
 from trainer.models import DEFAULT_MODEL, ModelError, load_model, load_tokenizer
+from trainer.alpaca_flags import UsageError
+from trainer.run_summary import RecordCounts, RunSummary, Throughput
 from trainer.prompts import DEFAULT_TEMPLATE, TEMPLATES, chat_template_for, get_template
 
 logger = logging.getLogger("trainer.train")
-
-
-class UsageError(Exception):
-    """A flag or flag combination that cannot work; the message names the flag and the fix."""
 
 
 @dataclass
@@ -129,9 +129,9 @@ class TrainingArguments(transformers.TrainingArguments):
 
 
 def parse_args(argv: list[str]):
-    argv = _expand_config(list(argv))
-    argv = _rename_legacy(argv)
-    argv = _cpu_adjust(argv)
+    argv = alpaca_flags.expand_config(list(argv))
+    argv = alpaca_flags.rename_legacy(argv)
+    argv = alpaca_flags.cpu_adjust(argv)
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     try:
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
@@ -157,7 +157,7 @@ def parse_args(argv: list[str]):
 
 def choose_strategy(args: TrainingArguments) -> str:
     """"fsdp" (trainer/fsdp.py), "ddp" (Trainer under torchrun) or "single" (Trainer)."""
-    if not args.fsdp_mode and _accelerate_fsdp():
+    if not args.fsdp_mode and alpaca_flags.accelerate_fsdp():
         # `accelerate launch --config_file trainer/configs/accelerate_fsdp.yaml`: same as --fsdp.
         args.fsdp_mode = "full_shard auto_wrap"
         args.fsdp_transformer_layer_cls_to_wrap = args.fsdp_transformer_layer_cls_to_wrap or os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP") or None
@@ -175,158 +175,30 @@ def choose_strategy(args: TrainingArguments) -> str:
     return "ddp" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "single"
 
 
-def _accelerate_fsdp() -> bool:
-    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
-
-
-def _expand_config(argv: list[str]) -> list[str]:
-    """Turn `--config f.yaml` into flags placed before the command line's, so the command line wins."""
-    path = _take_value(argv, "--config")
-    if path is None:
-        return argv
-    import yaml
-
-    try:
-        with open(path) as f:
-            cfg = yaml.safe_load(f) or {}
-    except OSError as e:
-        raise UsageError(f"--config {path}: {e.strerror}.") from None
-    if not isinstance(cfg, dict):
-        raise UsageError(f"--config {path}: expected a mapping of flag names to values.")
-    flags = []
-    for key, value in cfg.items():
-        if value is None:
-            continue
-        values = value if isinstance(value, list) else [value]
-        flags += [f"--{key}", *(str(v) for v in values)]
-    return flags + argv
-
-
-def _take_value(argv: list[str], flag: str) -> str | None:
-    """Remove `flag VALUE` / `flag=VALUE` from argv (all occurrences); return the last value."""
-    value = None
-    i = 0
-    while i < len(argv):
-        if argv[i] == flag:
-            value = argv[i + 1] if i + 1 < len(argv) else ""
-            del argv[i : i + 2]
-        elif argv[i].startswith(flag + "="):
-            value = argv[i].split("=", 1)[1]
-            del argv[i]
-        else:
-            i += 1
-    return value
-
-
-def _take_bool(argv: list[str], flag: str) -> bool | None:
-    """Remove a boolean flag (`--bf16`, `--bf16 True`, `--bf16=false`) and return its value."""
-    value = None
-    i = 0
-    while i < len(argv):
-        if argv[i] == flag:
-            nxt = argv[i + 1].lower() if i + 1 < len(argv) else ""
-            if nxt in ("true", "false", "1", "0", "yes", "no"):
-                value = nxt in ("true", "1", "yes")
-                del argv[i : i + 2]
-            else:
-                value = True
-                del argv[i]
-        elif argv[i].startswith(flag + "="):
-            value = argv[i].split("=", 1)[1].lower() in ("true", "1", "yes")
-            del argv[i]
-        else:
-            i += 1
-    return value
-
-
-def _rename_legacy(argv: list[str]) -> list[str]:
-    """transformers 5 renamed or removed flags that stanford_alpaca's command still uses."""
-    # --fsdp goes to our own field: trainer/fsdp.py shards, not the Trainer (which degrades to DDP on CPUs).
-    renames = {"--evaluation_strategy": "--eval_strategy", "--warmup_ratio": "--warmup_steps", "--fsdp": "--fsdp_mode"}
-    out = []
-    for arg in argv:
-        name, eq, value = arg.partition("=")
-        out.append(renames.get(name, name) + eq + value)
-    ratio = _take_value(out, "--warmup_steps")
-    if ratio is not None:
-        if "--warmup_ratio" in argv and float(ratio) >= 1:
-            raise UsageError(f"--warmup_ratio {ratio} must be below 1 (it is a share of the training steps).")
-        out += ["--warmup_steps", ratio]
-    return out
-
-
-def matmul_gflops(dtype: torch.dtype, n: int = 256, seconds: float = 0.05) -> float:
-    """Measured CPU matmul throughput. Flags lie in VMs: a CPU may list avx512_bf16 yet run bf16 fast,
-    or lack it and emulate bf16 at ~1% of fp32 speed, so we time it (~0.1 s)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b  # warm-up
-    start, reps = time.perf_counter(), 0
-    while reps < 2 or time.perf_counter() - start < seconds:
-        a @ b
-        reps += 1
-    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
-
-
-def cpu_has_fast_bf16() -> tuple[bool, str]:
-    fp32, bf16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
-    return bf16 >= 0.5 * fp32, f"bf16 matmul {bf16:.1f} GFLOP/s vs fp32 {fp32:.1f} GFLOP/s"
-
-
-def _cpu_adjust(argv: list[str], fast_bf16=cpu_has_fast_bf16) -> list[str]:
-    """Keep GPU-oriented flags from stopping (or crawling through) a CPU run; say so in a warning."""
-    use_cpu = bool(_take_bool(list(argv), "--use_cpu"))
-    on_gpu = torch.cuda.is_available() and not use_cpu
-    tf32 = _take_bool(argv, "--tf32")
-    if tf32 is not None:
-        if on_gpu:
-            argv += ["--tf32", str(tf32)]
-        elif tf32:
-            logger.warning("--tf32 ignored: TF32 is a CUDA (Ampere+) feature and this run is on the CPU.")
-    bf16 = _take_bool(argv, "--bf16")
-    if bf16 and not on_gpu:
-        fast, measured = fast_bf16()
-        if fast:
-            logger.info("--bf16 on CPU: this CPU runs bf16 fast (%s)", measured)
-            argv += ["--bf16", "True"] + ([] if use_cpu else ["--use_cpu", "True"])
-        else:
-            logger.warning(
-                "--bf16 ignored: this CPU emulates bf16 (%s; it lacks AVX-512-BF16/AMX), so bf16 "
-                "training would be many times slower. Training in fp32.", measured,
-            )
-    elif bf16 is not None:
-        argv += ["--bf16", str(bf16)]
-    fsdp = any(a.startswith("--fsdp_mode") for a in argv) or _accelerate_fsdp()
-    if not on_gpu and not use_cpu and not fsdp and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # Without use_cpu the Trainer leaves CPU processes unconnected under torchrun: each would
-        # train alone on all the data and write the same files. With it they run DDP over gloo.
-        argv += ["--use_cpu", "True"]
-    return argv
-
-
 # ---------------------------------------------------------------------------------------------- steps
 
 
 def load_datasets(data_args: DataArguments):
     """Validated records, split; returns (train records, eval records, record counts)."""
-    loaded = data_lib.load_records(data_args.data_path, data_args.skip_invalid)
-    train_records, val_records = data_lib.split_records(loaded.records, data_args.val_set_size)
-    counts = {"valid": len(loaded.records), "skipped_invalid": len(loaded.skipped),
-              "train": len(train_records), "val": len(val_records)}
+    loaded = record_lib.load_records(data_args.data_path, data_args.skip_invalid)
+    train_records, val_records = record_lib.split_records(loaded.records, data_args.val_set_size)
+    counts = RecordCounts(valid=len(loaded.records), skipped_invalid=len(loaded.skipped), train=len(train_records),
+                          val=len(val_records), val_set_size=data_args.val_set_size)
     logger.info("data: %d valid records from %s (%d invalid skipped) -> %d train / %d validation",
-                counts["valid"], data_args.data_path, counts["skipped_invalid"], counts["train"], counts["val"])
+                counts.valid, data_args.data_path, counts.skipped_invalid, counts.train, counts.val)
     if 0 < data_args.max_eval_samples < len(val_records):
         logger.info("evaluating during training on the first %d of %d validation records (--max_eval_samples, 0 = all)",
                     data_args.max_eval_samples, len(val_records))
         val_records = val_records[: data_args.max_eval_samples]
-    counts["val_evaluated"] = len(val_records)
+    counts.val_evaluated = len(val_records)
     if 0 < data_args.max_train_samples < len(train_records):
         logger.info("training on the first %d of %d training records (--max_train_samples)", data_args.max_train_samples, len(train_records))
         train_records = train_records[: data_args.max_train_samples]
-    counts["train_used"] = len(train_records)
+    counts.train_used = len(train_records)
     if data_args.empty_input_share:
-        train_records, counts["train_empty_input"] = data_lib.with_empty_input_share(train_records, data_args.empty_input_share)
+        train_records, counts.train_empty_input = record_lib.with_empty_input_share(train_records, data_args.empty_input_share)
         logger.info("%d of %d training records rendered with an empty input (--empty_input_share %g)",
-                    counts["train_empty_input"], len(train_records), data_args.empty_input_share)
+                    counts.train_empty_input, len(train_records), data_args.empty_input_share)
     return train_records, val_records, counts
 
 
@@ -335,11 +207,11 @@ def build_datasets(train_records, val_records, tokenizer, model_args, training_a
     template = get_template(model_args.template)
     examples, stats = {}, {}
     for split, records in (("train", train_records), ("val", val_records)):
-        examples[split], stats[split] = data_lib.tokenize_records(records, tokenizer, template, training_args.model_max_length)
+        examples[split], stats[split] = batch_lib.tokenize_records(records, tokenizer, template, training_args.model_max_length)
         logger.info("%s: %d examples, %d learned tokens (%d truncated, %d dropped)", split,
                     stats[split].examples, stats[split].learned_tokens, stats[split].truncated, stats[split].dropped)
     if not examples["train"]:
-        raise data_lib.DataError("No training example left after tokenization.")
+        raise record_lib.DataError("No training example left after tokenization.")
     return examples, stats
 
 
@@ -390,13 +262,13 @@ class CountingTrainer(Trainer):
         self.steps: list[dict] = []  # one entry per optimizer step: seconds + counts (this rank)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        self.pending.update(data_lib.batch_counts(inputs))
+        self.pending.update(batch_lib.batch_counts(inputs))
         return super().training_step(model, inputs, num_items_in_batch)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not self.learned_logits_only:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        loss, n = data_lib.learned_loss_sum(model, inputs)
+        loss, n = batch_lib.learned_loss_sum(model, inputs)
         # As the Trainer does for models that take loss kwargs: divide by the learned tokens of the
         # whole accumulated (and, with several ranks, global) batch, so the loss is one mean per step.
         self.loss_is_scaled_for_ga = num_items_in_batch is not None
@@ -490,10 +362,10 @@ def train_with_trainer(model, tokenizer, examples, training_args) -> tuple[fsdp_
     trainer = CountingTrainer(
         model=model,
         args=training_args,
-        train_dataset=data_lib.SupervisedDataset(examples["train"]),
+        train_dataset=batch_lib.SupervisedDataset(examples["train"]),
         # Sorted by length: evaluation order does not change the loss, and less padding is less compute.
-        eval_dataset=data_lib.SupervisedDataset(sorted(examples["val"], key=lambda e: len(e["input_ids"]))) if examples["val"] else None,
-        data_collator=packing_lib.collator() if training_args.packing else data_lib.DataCollator(tokenizer.pad_token_id),
+        eval_dataset=batch_lib.SupervisedDataset(sorted(examples["val"], key=lambda e: len(e["input_ids"]))) if examples["val"] else None,
+        data_collator=packing_lib.collator() if training_args.packing else batch_lib.DataCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         callbacks=[LogLine()],
         learned_logits_only=training_args.learned_logits_only,
@@ -540,56 +412,53 @@ def save(model, trainer, tokenizer, model_args, data_args, training_args, counts
     history = result.log_history
     train_losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
     eval_losses = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
-    summary = {
-        "model": model_args.model_name_or_path,
-        "template": model_args.template,
-        "method": f"lora (r={model_args.lora_r}, alpha={model_args.lora_alpha})" if model_args.lora_r else "full",
-        "data_path": data_args.data_path,
-        "records": counts,
-        "examples": {split: asdict(s) for split, s in stats.items()},
+    summary = RunSummary(
+        model=model_args.model_name_or_path,
+        template=model_args.template,
+        method=f"lora (r={model_args.lora_r}, alpha={model_args.lora_alpha})" if model_args.lora_r else "full",
+        data_path=data_args.data_path,
+        records=counts,
+        examples=stats,
         **result.parallel,
-        "global_step": result.global_step,
-        "epochs": result.epoch,
-        "train_loss_first": train_losses[0][1] if train_losses else None,
-        "train_loss_final": train_losses[-1][1] if train_losses else None,
-        "eval_loss_initial": eval_losses[0][1] if eval_losses else None,
-        "eval_loss_final": eval_losses[-1][1] if eval_losses else None,
-        "learned_tokens_trained": result.total("learned"),
-        "tokens_trained": result.total("tokens"),
-        "wall_time_s": round(result.wall, 2),
-        "learned_tokens_per_second": round(result.total("learned") / result.wall, 1) if result.wall > 0 else None,
-        "throughput": throughput(result.steps, training_args),
-        "device": str(training_args.device),
-        "precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
-        "transformers_version": transformers.__version__,
-        "torch_version": torch.__version__,
-    }
-    with open(os.path.join(out, "train_summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+        global_step=result.global_step,
+        epochs=result.epoch,
+        train_loss_first=train_losses[0][1] if train_losses else None,
+        train_loss_final=train_losses[-1][1] if train_losses else None,
+        eval_loss_initial=eval_losses[0][1] if eval_losses else None,
+        eval_loss_final=eval_losses[-1][1] if eval_losses else None,
+        learned_tokens_trained=result.total("learned"),
+        tokens_trained=result.total("tokens"),
+        wall_time_s=round(result.wall, 2),
+        learned_tokens_per_second=round(result.total("learned") / result.wall, 1) if result.wall > 0 else None,
+        throughput=throughput(result.steps, training_args),
+        device=str(training_args.device),
+        precision="bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
+        transformers_version=transformers.__version__,
+        torch_version=torch.__version__,
+    )
+    summary.write(out)
     plot_losses(train_losses, eval_losses, os.path.join(out, "loss.png"), title=f"{model_args.model_name_or_path} on {os.path.basename(data_args.data_path)}")
     return summary
 
 
-def throughput(steps: list[dict], training_args) -> dict:
-    """Batch make-up and speed of the optimizer steps; the first step (warm-up) is left out of the rates."""
+def throughput(steps: list[dict], training_args) -> Throughput:
     total = Counter()
     for step in steps:
         total.update(step)
     steady = steps[1:] or steps
     seconds = sum(s["seconds"] for s in steady)
-    peak = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
-    if torch.cuda.is_available() and not training_args.use_cpu:
-        peak["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
-    return {
-        "batching": "packed" if training_args.packing else "group_by_length" if training_args.group_by_length else "padded",
-        "learned_logits_only": training_args.learned_logits_only,
-        "padding_fraction": round(1 - total["tokens"] / total["slots"], 4) if total["slots"] else None,
-        "learned_tokens_per_second": round(sum(s["learned"] for s in steady) / seconds, 2) if seconds else None,
-        "tokens_per_second": round(sum(s["tokens"] for s in steady) / seconds, 2) if seconds else None,
-        "seconds_per_step": round(seconds / len(steady), 3) if steady else None,
-        **peak,
-        "steps": [{k: round(v, 4) if isinstance(v, float) else v for k, v in s.items()} for s in steps],
-    }
+    on_cuda = torch.cuda.is_available() and not training_args.use_cpu
+    return Throughput(
+        batching="packed" if training_args.packing else "group_by_length" if training_args.group_by_length else "padded",
+        learned_logits_only=training_args.learned_logits_only,
+        padding_fraction=round(1 - total["tokens"] / total["slots"], 4) if total["slots"] else None,
+        learned_tokens_per_second=round(sum(s["learned"] for s in steady) / seconds, 2) if seconds else None,
+        tokens_per_second=round(sum(s["tokens"] for s in steady) / seconds, 2) if seconds else None,
+        seconds_per_step=round(seconds / len(steady), 3) if steady else None,
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        cuda_peak_allocated_mb=round(torch.cuda.max_memory_allocated() / 2**20) if on_cuda else None,
+        steps=[{k: round(v, 4) if isinstance(v, float) else v for k, v in s.items()} for s in steps],
+    )
 
 
 def plot_losses(train_losses, eval_losses, path, title=""):
@@ -636,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             result, trainer = train_with_trainer(model, tokenizer, examples, training_args)
         summary = save(model, trainer, tokenizer, model_args, data_args, training_args, counts, stats, result)
-    except (data_lib.DataError, ModelError, UsageError, fsdp_lib.FsdpError) as e:
+    except (record_lib.DataError, ModelError, UsageError, fsdp_lib.FsdpError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     dist = torch.distributed
@@ -649,8 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     if summary:
         logger.info(
             "done in %.0f s: eval loss %s -> %s, %s learned tokens/s; saved to %s",
-            summary["wall_time_s"], summary["eval_loss_initial"], summary["eval_loss_final"],
-            summary["learned_tokens_per_second"], training_args.output_dir,
+            summary.wall_time_s, summary.eval_loss_initial, summary.eval_loss_final,
+            summary.learned_tokens_per_second, training_args.output_dir,
         )
     return 0
 

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import REAL_DATA, SAMPLE, run_module, sample_records
 from data_gen import convert
-from trainer.data import load_records
+from trainer.records import load_records
 
 needs_real = pytest.mark.skipif(not REAL_DATA.exists(), reason="shared/data not beside the repo")
 INSTR = convert.DEFAULT_INSTRUCTION

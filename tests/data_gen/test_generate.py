@@ -17,7 +17,7 @@ from conftest import ROOT
 from data_gen.client import ChatClient, ClientError
 from data_gen.generate import build_prompt, dedup_key, main, parse_answer
 from data_gen.rouge import rouge_l, tokenize
-from trainer.data import load_records
+from trainer.records import load_records
 
 SEEDS = [json.loads(line) for line in (ROOT / "data" / "seed_tasks.jsonl").read_text(encoding="utf-8").splitlines()]
 
@@ -322,7 +322,7 @@ def test_command_line_help():
 def test_end_to_end_against_our_app_with_a_tiny_model(tiny_llama, tmp_path, capsys):
     from test_app import serve
 
-    from trainer.inference import ChatModel
+    from trainer.serve.inference import ChatModel
 
     chat = ChatModel.load(str(tiny_llama), template="alpaca-id")
     url, app_server = serve(chat)

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import REAL_DATA, sample_records
 from data_gen.rouge import RougeDedup, lcs_length, rouge_l, tokenize
-from trainer.data import load_records
+from trainer.records import load_records
 
 CHATDOCTOR = REAL_DATA.parent / "chatdoctor5k.json"
 needs_real = pytest.mark.skipif(not REAL_DATA.exists(), reason="shared/data not beside the repo")

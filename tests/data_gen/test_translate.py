@@ -12,7 +12,7 @@ from fake_openai_server import FakeOpenAI, Reply, json_records, translate_record
 from conftest import ROOT
 from data_gen.generate import DOCTOR_INSTRUCTION
 from data_gen.translate import build_prompt, main, parse_answer
-from trainer.data import load_records
+from trainer.records import load_records
 
 CHATDOCTOR = ROOT.parent / "shared" / "data" / "chatdoctor5k.json"
 EN = DOCTOR_INSTRUCTION["en"]

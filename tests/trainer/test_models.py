@@ -69,7 +69,7 @@ def test_importing_models_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, trainer.models, trainer.push; print('torch' in sys.modules)"
+    code = "import sys, trainer.models, trainer.hub.push; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=models.REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

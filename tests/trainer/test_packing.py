@@ -8,7 +8,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import SAMPLE, build_model, build_tokenizer, run_module, sample_records
 from trainer import packing
-from trainer.data import IGNORE_INDEX, DataCollator, batch_counts, learned_loss_sum, split_records, tokenize_records
+from trainer.batches import DataCollator, IGNORE_INDEX, batch_counts, learned_loss_sum, tokenize_records
+from trainer.records import split_records
 from trainer.prompts import get_template
 
 

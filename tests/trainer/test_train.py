@@ -10,7 +10,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import SAMPLE, run_module, sample_records
 from trainer.prompts import get_template
-from trainer.train import _cpu_adjust, parse_args
+from trainer.alpaca_flags import cpu_adjust
+from trainer.train import parse_args
 
 # stanford_alpaca's README command, flag for flag (sizes shrunk for a 2-layer model on a CPU).
 SA_FLAGS = [
@@ -44,7 +45,8 @@ def test_stanford_alpaca_command_trains_and_lowers_the_loss(llama_run, tiny_llam
     assert summary["global_step"] == 10
     assert summary["eval_loss_final"] < summary["eval_loss_initial"] - 0.05
     assert summary["train_loss_final"] < summary["train_loss_first"]
-    assert summary["records"] == {"valid": 48, "skipped_invalid": 0, "train": 43, "val": 5, "val_evaluated": 5, "train_used": 43}
+    assert summary["records"] == {"valid": 48, "skipped_invalid": 0, "train": 43, "val": 5, "val_evaluated": 5, "train_used": 43,
+                                  "train_empty_input": 0, "val_set_size": 0.1}
     assert summary["examples"]["train"]["truncated"] == 0 and summary["examples"]["train"]["learned_tokens"] > 0
     assert summary["learned_tokens_trained"] > 0 and summary["learned_tokens_per_second"] > 0
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -119,7 +121,7 @@ def test_gpt2_architecture_trains(tiny_gpt2, tmp_path):
     result, summary = train_cli(tiny_gpt2, tmp_path / "out", "--max_steps", "8", "--learning_rate", "3e-3", "--save_strategy", "no",
                                 "--per_device_train_batch_size", "4", "--empty_input_share", "0.5")
     assert summary["eval_loss_final"] < summary["eval_loss_initial"]
-    from trainer.data import split_records
+    from trainer.records import split_records
 
     with_input = sum(bool(r["input"]) for r in split_records(sample_records(), 0.1)[0])
     assert summary["records"]["train_empty_input"] == round(0.5 * with_input) > 0
@@ -156,11 +158,11 @@ def test_bf16_falls_back_to_fp32_where_it_is_slow(caplog):
     if torch.cuda.is_available():
         pytest.skip("on a GPU --bf16 is passed through")
     with caplog.at_level(logging.WARNING):
-        argv = _cpu_adjust(["--bf16", "True", "--tf32", "True"], fast_bf16=lambda: (False, "bf16 0.8 GFLOP/s vs fp32 74"))
+        argv = cpu_adjust(["--bf16", "True", "--tf32", "True"], fast_bf16=lambda: (False, "bf16 0.8 GFLOP/s vs fp32 74"))
     assert "--bf16" not in argv and "--tf32" not in argv
     assert "Training in fp32" in caplog.text and "0.8 GFLOP/s" in caplog.text
-    assert _cpu_adjust(["--bf16", "True"], fast_bf16=lambda: (True, "")) == ["--bf16", "True", "--use_cpu", "True"]
-    assert _cpu_adjust(["--bf16", "False"], fast_bf16=lambda: (False, "")) == ["--bf16", "False"]
+    assert cpu_adjust(["--bf16", "True"], fast_bf16=lambda: (True, "")) == ["--bf16", "True", "--use_cpu", "True"]
+    assert cpu_adjust(["--bf16", "False"], fast_bf16=lambda: (False, "")) == ["--bf16", "False"]
 
 
 def test_usage_errors_name_the_flag(tmp_path):

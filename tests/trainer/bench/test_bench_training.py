@@ -6,7 +6,7 @@ import random
 import pytest
 from transformers import AutoModelForCausalLM
 
-from trainer.bench_train import epoch_padding, model_shape, step_flops
+from trainer.bench.training import epoch_padding, model_shape, step_flops
 
 
 def test_equal_lengths_have_no_padding_and_grouping_removes_most():
@@ -45,7 +45,7 @@ def test_step_flops_counts_body_head_and_causal_attention():
 
 
 def test_a100_estimate_from_the_published_rates():
-    from trainer.bench_train import a100_estimate
+    from trainer.bench.training import a100_estimate
 
     alpaca, packed, padded = a100_estimate(tokens_per_epoch=1_000_000, examples_per_epoch=4_500, useful_fraction=0.8)
     # Alpaca: 52,002 examples x 3 epochs in 3 h on 8 GPUs -> 1.806 examples/s/GPU.

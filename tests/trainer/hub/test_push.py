@@ -533,7 +533,7 @@ def test_hub_errors_exit_1_with_a_hint(full_dir, tmp_path):
 
 def test_naming_rules():
     from trainer.models import DEFAULT_MODEL
-    from trainer.push import default_datasets, default_license, hub_model_id
+    from trainer.hub.push import default_datasets, default_license, hub_model_id
 
     assert hub_model_id(DEFAULT_MODEL) == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert hub_model_id("meta-llama/Llama-2-7b-hf") == "meta-llama/Llama-2-7b-hf"
@@ -595,8 +595,8 @@ def test_push_space_dry_run_and_guard(hub, tmp_path):
 def test_space_folder_is_a_valid_space(name, tmp_path):
     import gradio
 
-    from trainer.push import PushError
-    from trainer.push_space import validate_space
+    from trainer.hub.push import PushError
+    from trainer.hub.spaces import validate_space
 
     path = ROOT / "spaces" / name
     if name == "internlm-7b":
@@ -631,8 +631,8 @@ def test_space_folder_is_a_valid_space(name, tmp_path):
 
 
 def test_invalid_space_folder_lists_every_problem(tmp_path):
-    from trainer.push import PushError
-    from trainer.push_space import validate_space
+    from trainer.hub.push import PushError
+    from trainer.hub.spaces import validate_space
 
     space = Path(shutil.copytree(ROOT / "spaces" / "internlm-7b", tmp_path / "broken"))
     readme = (space / "README.md").read_text().replace("sdk: gradio", "sdk: streamlit").replace('sdk_version: "', 'x: "')
@@ -709,7 +709,7 @@ def test_output_dir_writes_a_compact_adapter_that_publishes_with_its_base_tokeni
 
 
 def test_the_project_space_bundles_its_adapter_and_serves_it_on_a_free_cpu(hub, tmp_path):
-    from trainer.push_space import validate_space
+    from trainer.hub.spaces import validate_space
 
     front, config = validate_space(ROOT / "spaces" / "alpaca-medis-270m")
     assert config["model"] == "alpaca-medis-270m" and config["template"] == "alpaca-id"

@@ -5,7 +5,7 @@
     python -m trainer.bench --part inference --model out --new_tokens 128
 
 Parts (PARTS): `machine` (matmul GFLOP/s in fp32 and bf16, memory read bandwidth), `training`
-(trainer/bench_train.py: padded vs --group_by_length vs --packing runs of trainer.train; learned
+(trainer/bench/training.py: padded vs --group_by_length vs --packing runs of trainer.train; learned
 tokens/s, padding, peak memory, MFU), `inference`
 (time to first token and decode tokens/s of ChatModel's streaming path for a --prompt_tokens
 prompt, next to the bound bandwidth / weight bytes read per token, and the options that may help),
@@ -14,7 +14,7 @@ prompt, next to the bound bandwidth / weight bytes read per token, and the optio
 gets bench.json (every number) and bench.md (tables ready for BENCHMARKS.md, with the command and
 the machine). Progress goes to stderr. Numbers are measurements, never test asserts: other
 processes on the machine slow them, so each part also says how much CPU others used meanwhile.
-Torch work runs on trainer.inference.TORCH_THREAD, the one thread the app runs its model on (why:
+Torch work runs on trainer.serve.inference.TORCH_THREAD, the one thread the app runs its model on (why:
 see there); a second thread running parallel ops would slow both.
 """
 
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from trainer.inference import on_torch_thread
+from trainer.serve.inference import on_torch_thread
 from trainer.models import DEFAULT_MODEL, ModelError
 
 DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "GenMedGPT-5k-id.json")
@@ -84,7 +84,7 @@ def memory_bandwidth_gbs(mb: int = 512, device: str = "cpu", repeats: int = 7) -
 
 def matmul_peak_gflops(dtype: torch.dtype, sizes: list[int]) -> tuple[float, int]:
     """(best GFLOP/s, its size) of square CPU matmuls; trainer.train's bf16 check times the same."""
-    from trainer.train import matmul_gflops
+    from trainer.hw import matmul_gflops
 
     return on_torch_thread(lambda: max((matmul_gflops(dtype, n, seconds=0.2), n) for n in sizes))
 
@@ -213,7 +213,7 @@ def compile_options(device: torch.device) -> dict:
 
 
 def bench_inference(args) -> dict:
-    from trainer.inference import ChatModel
+    from trainer.serve.inference import ChatModel
 
     chat = ChatModel.load(args.model, args.template)
     device, dtype = chat.model.device, chat.model.dtype
@@ -302,7 +302,8 @@ def bench_inference(args) -> dict:
 
 
 def bench_data(args) -> dict:
-    from trainer.data import load_records, tokenize_records
+    from trainer.batches import tokenize_records
+    from trainer.records import load_records
     from trainer.models import load_tokenizer
     from trainer.prompts import DEFAULT_TEMPLATE, get_template
 
@@ -404,7 +405,7 @@ def markdown(report: dict) -> str:
 
 
 def bench_training(args) -> dict:
-    from trainer.bench_train import bench_training as run
+    from trainer.bench.training import bench_training as run
 
     # Its few torch ops (sampler orders, model shapes) on the torch thread too: a second OpenMP team
     # on the main thread slows every later decode step of the inference part (~40 % measured).
@@ -441,9 +442,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no data file at {args.data_path}; pass --data_path FILE (Alpaca JSON or JSON Lines) "
               "or leave out the parts that read it (--part machine inference).", file=sys.stderr)
         return 2
-    from trainer.bench_train import BenchError
-    from trainer.data import DataError
-    from trainer.inference import InputError
+    from trainer.bench.training import BenchError
+    from trainer.records import DataError
+    from trainer.serve.inference import InputError
 
     report = {"command": "python -m trainer.bench " + " ".join(sys.argv[1:] if argv is None else argv),
               "machine": machine_description(), "parts": {}}

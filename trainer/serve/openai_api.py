@@ -19,7 +19,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from trainer.inference import MAX_NEW_TOKENS, ChatModel, InputError
+from trainer.serve.inference import MAX_NEW_TOKENS, ChatModel, InputError
 
 
 class Message(BaseModel):

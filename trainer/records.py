@@ -1,6 +1,6 @@
-"""Alpaca records: load, validate, split, tokenize with masked prompt labels, collate.
+"""Alpaca records: load, validate, split. Pure Python (no torch): data_gen imports this module.
 
-    python -m trainer.data ../shared/data/GenMedGPT-5k-id.json     # validate a file, print counts
+    python -m trainer.records ../shared/data/GenMedGPT-5k-id.json     # validate a file, print counts
 
 A record is a JSON object with string fields `instruction`, `output` and (optionally, default "")
 `input`. Files are a JSON array or JSON Lines (GenMedGPT-5k-id.json is JSON Lines despite its
@@ -16,15 +16,18 @@ import re
 import sys
 from dataclasses import dataclass, field
 
-import torch
-
 logger = logging.getLogger(__name__)
 
 FIELDS = ("instruction", "input", "output")
 REQUIRED = ("instruction", "output")
 MAX_LISTED_PROBLEMS = 20
-IGNORE_INDEX = -100  # CrossEntropyLoss skips these positions: prompt and padding are not learned.
 SPLIT_SEED = 42  # the original notebook's train_test_split seed
+
+# The constant instruction of GenMedGPT-5k-id and of ChatDoctor's GenMedGPT-5k.
+DOCTOR_INSTRUCTION = {
+    "id": "Jika Anda seorang dokter, silakan menjawab pertanyaan medis berdasarkan deskripsi pasien.",
+    "en": "If you are a doctor, please answer the medical questions based on the patient's description.",
+}
 
 
 class DataError(Exception):
@@ -207,6 +210,12 @@ def split_records(records: list[dict], val_set_size: float | int, seed: int = SP
     return [records[i] for i in parts["train"]["i"]], [records[i] for i in parts["test"]["i"]]
 
 
+def near_dup_key(record: dict) -> str:
+    """What near-duplicate filters compare: instruction and input, never the instruction alone (GenMedGPT's
+    instruction is the same for every record)."""
+    return record["instruction"] + "\n" + record["input"]
+
+
 def with_empty_input_share(records: list[dict], share: float, seed: int = SPLIT_SEED) -> tuple[list[dict], int]:
     """Render `share` of the records that have an input in the demo's shape: the input (the patient's
     words) becomes the instruction and the input is empty, so the model learns to answer the
@@ -220,143 +229,6 @@ def with_empty_input_share(records: list[dict], share: float, seed: int = SPLIT_
     chosen = set(random.Random(seed).sample(with_input, round(share * len(with_input))))
     out = [{**r, "instruction": r["input"], "input": ""} if i in chosen else r for i, r in enumerate(records)]
     return out, len(chosen)
-
-
-# ------------------------------------------------------------------------------------------ tokenize
-
-
-@dataclass
-class TokenizeStats:
-    examples: int = 0
-    truncated: int = 0
-    dropped: int = 0  # nothing left to learn after truncation
-    learned_tokens: int = 0
-    tokens: int = 0
-
-
-def tokenize_records(records, tokenizer, template, max_length: int):
-    """Encode each record as prompt ids + response ids + EOS, with prompt labels masked.
-
-    Prompt and response are encoded separately and their ids concatenated: tokenizing the joined
-    text can merge tokens across the boundary, so the prompt's tokens are not always a prefix of
-    the full text's, and a length-based mask would then hide or expose the wrong tokens.
-    """
-    if tokenizer.eos_token_id is None:
-        raise DataError("The tokenizer has no EOS token, so a trained model could never stop. Set tokenizer.eos_token.")
-    if not records:  # e.g. no validation split (--val_set_size 0)
-        return [], TokenizeStats()
-    prompts = [template.format(r["instruction"], r["input"]) for r in records]
-    prompt_ids = tokenizer(prompts)["input_ids"]
-    response_ids = tokenizer([r["output"] for r in records], add_special_tokens=False)["input_ids"]
-    n_bos = 1 if tokenizer.bos_token_id is not None and prompt_ids and prompt_ids[0][:1] == [tokenizer.bos_token_id] else 0
-    min_prompt = max(max_length // 4, n_bos + 1)
-    examples, stats = [], TokenizeStats()
-    for p, r in zip(prompt_ids, response_ids):
-        r = r + [tokenizer.eos_token_id]
-        overflow = len(p) + len(r) - max_length
-        if overflow > 0:
-            stats.truncated += 1
-            # Prompt side first: drop its oldest tokens (after BOS) but keep its end, which holds the
-            # response marker the model must learn to answer after; then cut the response's tail.
-            cut = min(overflow, max(len(p) - min_prompt, 0))
-            p = p[:n_bos] + p[n_bos + cut :]
-            r = r[: max_length - len(p)]
-            if not r:
-                stats.dropped += 1
-                continue
-        examples.append({"input_ids": p + r, "labels": [IGNORE_INDEX] * len(p) + r})
-        stats.learned_tokens += len(r)
-        stats.tokens += len(p) + len(r)
-    stats.examples = len(examples)
-    if stats.truncated:
-        logger.warning(
-            "%d of %d examples were longer than %d tokens and truncated (prompt first); %d dropped with nothing left to learn",
-            stats.truncated, len(records), max_length, stats.dropped,
-        )
-    return examples, stats
-
-
-def learned_loss_sum(model, batch: dict, learned_only: bool = True) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over the learned tokens of a collated batch (padded or packed), and their
-    count (labels shifted by one, as the HF causal LMs do). One definition for the Trainer, the FSDP
-    loop and evaluation.
-
-    Logits are computed only at positions whose next token is learned (`logits_to_keep`): about two
-    thirds of an Alpaca example is prompt, and the vocabulary projection and its fp32 softmax are
-    the largest single cost of a small model's step."""
-    labels = batch["labels"][:, 1:]
-    learned = labels != IGNORE_INDEX
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    if learned_only and accepts_logits_to_keep(model):
-        keep = learned.any(dim=0).nonzero().squeeze(1)  # positions learned in any row of the batch
-        logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
-        labels = labels[:, keep]
-    else:
-        logits = model(**inputs, use_cache=False).logits[:, :-1]
-    logits = logits.float()
-    loss = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
-    return loss, int(learned.sum())
-
-
-def accepts_logits_to_keep(model) -> bool:
-    """Whether the model's forward takes `logits_to_keep` (transformers' own models do; old remote code may not)."""
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
-
-
-def batch_counts(batch: dict) -> dict:
-    """What a collated batch (padded or packed) holds: learned tokens, real tokens, slots computed
-    (real + padding) and the sum of squared example lengths (attention cost)."""
-    if "cu_seq_lens_q" in batch:
-        lengths = batch["cu_seq_lens_q"].diff()
-    elif "attention_mask" in batch:
-        lengths = batch["attention_mask"].sum(dim=1)
-    else:
-        lengths = torch.full((batch["input_ids"].shape[0],), batch["input_ids"].shape[1])
-    return {
-        "learned": int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()),
-        "tokens": int(lengths.sum()),
-        "slots": batch["input_ids"].numel(),
-        "sum_sq_lengths": int((lengths.long() ** 2).sum()),
-    }
-
-
-def to_device(batch: dict, device) -> dict:
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-class SupervisedDataset(torch.utils.data.Dataset):
-    def __init__(self, examples: list[dict]):
-        self.examples = examples
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.examples[i]
-
-
-@dataclass
-class DataCollator:
-    """Right-pads a batch. Padding is masked by position, never by token id: many tokenizers have
-    pad == eos (SmolLM2 does), and masking `labels == pad_id` would also hide the real EOS, so the
-    model never learns to stop."""
-
-    pad_token_id: int
-
-    def __call__(self, batch: list[dict]) -> dict:
-        width = max(len(ex["input_ids"]) for ex in batch)
-        out = {"input_ids": [], "labels": [], "attention_mask": []}
-        for ex in batch:
-            pad = width - len(ex["input_ids"])
-            out["input_ids"].append(ex["input_ids"] + [self.pad_token_id] * pad)
-            out["labels"].append(ex["labels"] + [IGNORE_INDEX] * pad)
-            out["attention_mask"].append([1] * len(ex["input_ids"]) + [0] * pad)
-        return {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

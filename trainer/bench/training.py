@@ -100,7 +100,7 @@ def run_config(name, flags, args, out_dir) -> dict:
            "--per_device_train_batch_size", str(args.batch_size), "--model_max_length", str(args.max_length),
            "--learning_rate", "2e-5", "--logging_steps", "1", "--save_strategy", "no", "--seed", "42",
            "--disable_tqdm", "True", "--report_to", "none", "--output_dir", out, *flags]
-    from trainer.bench import log
+    from trainer.bench.cli import log
 
     log(f"training: {name}: python -m trainer.train {' '.join(cmd[3:])}")
     result = subprocess.run(cmd, capture_output=True, text=True)
@@ -113,15 +113,16 @@ def run_config(name, flags, args, out_dir) -> dict:
 def bench_training(args) -> dict:
     """Run every configuration; rows with learned tokens/s, padding, memory, and MFU against the matmul
     peaks measured in this run (fp32, and bf16 for the bf16 row)."""
-    from trainer import data as data_lib
-    from trainer.bench import log, matmul_peak_gflops
+    from trainer import batches as batch_lib
+    from trainer import records as record_lib
+    from trainer.bench.cli import log, matmul_peak_gflops
     from trainer.models import load_tokenizer
     from trainer.prompts import get_template
-    from trainer.train import cpu_has_fast_bf16
+    from trainer.hw import cpu_has_fast_bf16
 
-    records = data_lib.load_records(args.data_path).records
+    records = record_lib.load_records(args.data_path).records
     tokenizer = load_tokenizer(args.model)
-    examples, stats = data_lib.tokenize_records(records, tokenizer, get_template("alpaca-id"), args.max_length)
+    examples, stats = batch_lib.tokenize_records(records, tokenizer, get_template("alpaca-id"), args.max_length)
     lengths = [len(e["input_ids"]) for e in examples]
     epoch = epoch_padding(lengths, args.batch_size, seed=42)
     shape = model_shape(args.model)

@@ -5,9 +5,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from trainer.inference import (
-    MAX_INPUT_CHARS, STOP_MARKERS, ChatModel, InputError, _cut_at_marker, _without_marker_start, fast_cpu_dtype,
-    on_torch_thread,
+from trainer.hw import fast_cpu_dtype
+from trainer.serve.inference import (
+    MAX_INPUT_CHARS, STOP_MARKERS, ChatModel, InputError, _cut_at_marker, _without_marker_start, on_torch_thread,
 )
 
 
@@ -107,7 +107,7 @@ def test_generation_ends_soon_after_a_marker_without_stop_strings(tiny_llama):
 
 
 def test_torch_thread_work_can_nest_without_deadlock():
-    from trainer.inference import TORCH_THREAD
+    from trainer.serve.inference import TORCH_THREAD
 
     def outer():
         return threading.get_ident(), on_torch_thread(threading.get_ident)

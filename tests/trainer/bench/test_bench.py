@@ -3,7 +3,7 @@ import json
 import pytest
 
 from conftest import SAMPLE, build_model, run_module
-from trainer import bench
+from trainer.bench import cli as bench
 
 TINY = ["--prompt_tokens", "80", "--new_tokens", "6", "--repeats", "1", "--no-compile",
         "--matmul_sizes", "64", "128", "--bandwidth_mb", "16", "--dedup_n", "100"]

@@ -1,0 +1,333 @@
+"""Load a chat model and stream answers: the generation path behind app.py and its OpenAI API.
+
+    python -m trainer.inference --model out "Apa gejala demam berdarah?"
+
+The prompt is the model's own `chat_template` (training saves the Alpaca template there); a
+model trained elsewhere can be given a template by name with `template=`.
+
+Speed on a CPU (`python -m trainer.bench`, numbers in BENCHMARKS.md): where this CPU runs bf16
+matmuls fast, the model runs in bf16 (the prompt's matmuls ~2x faster, half the bytes per decoded
+token), and one-token decode steps skip oneDNN where ATen's own bf16 matrix-vector kernel is faster
+(~2x on the development machine's AVX-512-BF16 EPYC). Both are decided by timing at the first load,
+never by CPU flags. All torch work runs on one thread, TORCH_THREAD. Not kept, as measured there: a
+static KV cache (every step attends over the whole cache, which generate() keeps at the longest size
+seen so far: +10-25% decode speed at 328 positions, none at 1,224, -24% at 2,248), torch.compile on top
+of it (no faster, after ~10 s of compiling, and again per new cache size) and one thread instead of
+two (-35%, and a slower prompt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from trainer.hw import fast_cpu_dtype, one_token_faster_without_onednn
+from trainer.models import PROJECT_MODEL, ModelError, adapter_base, load_model, load_tokenizer, resolve
+from trainer.prompts import TEMPLATES, chat_template_for, get_template
+
+logger = logging.getLogger(__name__)
+
+# Markers a model may produce when it starts a new turn by itself; the answer ends there.
+STOP_MARKERS = tuple(dict.fromkeys(m for t in TEMPLATES.values() for m in t.stop_markers))
+MAX_INPUT_CHARS = 4000  # one message; longer input is refused with a message, not truncated silently
+MAX_NEW_TOKENS = 1024
+
+
+class InputError(ValueError):
+    """A request the model cannot serve as asked; the message says why, for the user to read."""
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    finish: str = ""  # "eos", "marker", "length" or "stopped" (the user pressed stop)
+    history_turns_dropped: int = 0
+    seconds_to_first_token: float | None = None
+    seconds: float = 0.0
+
+
+class _StopOnEvent:
+    """A StoppingCriteria: generation ends as soon as the consumer stops reading (stop button)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+# All torch work of the chat models (loading, generating) runs on this one thread. OpenMP gives each
+# thread that runs parallel ops its own team of workers; once two teams exist there are more threads
+# than cores, and libgomp then makes workers sleep between ops instead of spinning. Generating on a
+# new thread per answer, beside the team of the thread that loaded the model, decoded ~40% slower here.
+_torch_thread_id: list[int] = []  # set by the thread itself when it starts
+TORCH_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch",
+                                  initializer=lambda: _torch_thread_id.append(threading.get_ident()))
+
+
+def on_torch_thread(fn, *args, **kwargs):
+    """fn(*args, **kwargs), run on TORCH_THREAD (benchmarks use it to time torch work as the app runs it).
+    Called from TORCH_THREAD itself it runs fn directly: waiting on its own queue would deadlock."""
+    if threading.get_ident() in _torch_thread_id:
+        return fn(*args, **kwargs)
+    return TORCH_THREAD.submit(fn, *args, **kwargs).result()
+
+
+class _OneTokenStepsWithoutOneDNN:
+    """Forward hooks that turn oneDNN off while the model decodes one token, and back on after."""
+
+    def __init__(self, model: torch.nn.Module):
+        # generate() calls the base model of a peft wrapper, so the hooks go there.
+        model = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.saved: bool | None = None
+        model.register_forward_pre_hook(self.before, with_kwargs=True)
+        model.register_forward_hook(self.after, always_call=True)
+
+    def before(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        # Only a single sequence's step is a matrix-vector product; a batch's (evaluation) is a small matmul,
+        # which oneDNN runs far faster than ATen.
+        if ids is not None and ids.shape == (1, 1):
+            self.saved, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, False
+
+    def after(self, module, args, output):
+        if self.saved is not None:
+            torch.backends.mkldnn.enabled, self.saved = self.saved, None
+
+
+def _load_model_for_speed(name, device, dtype, onednn_for_one_token, trust_remote_code, revision):
+    """(model, settings): the model in `dtype`, else the fastest here, with oneDNN off for one-token steps where that is faster."""
+    on_cpu = torch.device(device).type == "cpu"
+    measured = []
+    if dtype is None:
+        dtype, why = fast_cpu_dtype() if on_cpu else (torch.bfloat16, "bf16 on CUDA")
+        measured.append(why)
+    model = load_model(name, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision)
+    if hasattr(model, "merge_and_unload"):  # a LoRA adapter: folded into the weights, no extra matmuls per token
+        model = model.merge_and_unload()
+        measured.append("LoRA adapter merged")
+    model = model.to(device).eval()
+    if onednn_for_one_token is None and on_cpu and dtype == torch.bfloat16:
+        faster, why = one_token_faster_without_onednn()
+        onednn_for_one_token = not faster
+        measured.append(why)
+    if onednn_for_one_token is False:
+        _OneTokenStepsWithoutOneDNN(model)
+    settings = f"{device}, {str(dtype).removeprefix('torch.')}" + (
+        ", one-token steps without oneDNN" if onednn_for_one_token is False else "")
+    logger.info("%s: %s (%s)", name, settings, "; ".join(measured) or "as asked")
+    return model, settings
+
+
+@dataclass
+class ChatModel:
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    settings: str = ""  # device, dtype and decode choices of load(), e.g. "cpu, bfloat16, one-token steps without oneDNN"
+    base: str | None = None  # the base model, when `name` is a LoRA adapter
+    # Extra generate() arguments for every answer (a benchmark sets min_new_tokens, cache_implementation, ...).
+    generate_options: dict = field(default_factory=dict)
+    last: GenerationStats = field(default_factory=GenerationStats)
+    # One generation at a time: the UI queue and the OpenAI endpoint share one model.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def load(cls, name: str = PROJECT_MODEL, template: str | None = None, device: str | None = None,
+             trust_remote_code: bool = False, revision: str | None = None, dtype: torch.dtype | None = None,
+             onednn_for_one_token: bool | None = None) -> "ChatModel":
+        """`dtype` and `onednn_for_one_token` default to what is fastest here (see the module docstring)."""
+        tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code, revision=revision)
+        if template:
+            tokenizer.chat_template = chat_template_for(tokenizer, get_template(template))
+        elif not tokenizer.chat_template:
+            raise ModelError(f"{name} has no chat_template; pass a template ({', '.join(TEMPLATES)}).")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model, settings = on_torch_thread(
+            _load_model_for_speed, name, device, dtype, onednn_for_one_token, trust_remote_code, revision)
+        return cls(model, tokenizer, name, settings=settings, base=adapter_base(resolve(name)))
+
+    @property
+    def context_length(self) -> int:
+        config = getattr(self.model, "config", None)
+        return int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048)
+
+    def bounded_new_tokens(self, max_new_tokens) -> int:
+        """Bounded by the server limit and by half the context, so a prompt always has room."""
+        return max(1, min(int(max_new_tokens), MAX_NEW_TOKENS, self.context_length // 2))
+
+    def prompt(self, message: str, history: list[dict] | None = None, max_new_tokens: int = 256) -> tuple[str, int, int]:
+        """(prompt text, its token count, history turns dropped) so that prompt + answer fit the context.
+
+        The oldest user/assistant turns go first; a system message stays."""
+        if len(message) > MAX_INPUT_CHARS:
+            raise InputError(f"The message has {len(message)} characters; the limit is {MAX_INPUT_CHARS}. Shorten it.")
+        history = list(history or [])
+        system = [m for m in history[:1] if m["role"] == "system"]
+        turns = history[len(system):]
+        budget = self.context_length - max_new_tokens
+        dropped = 0
+        while True:
+            messages = [*system, *turns, {"role": "user", "content": message}]
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            n = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            if n <= budget:
+                return text, n, dropped
+            if not turns:
+                raise InputError(
+                    f"The message needs {n} tokens, more than the {budget} left in this model's "
+                    f"{self.context_length}-token context after {max_new_tokens} new tokens. Shorten it."
+                )
+            turns = turns[2:] if len(turns) >= 2 else []  # one user/assistant pair at a time
+            dropped += 1
+
+    def stream(self, message: str, history: list[dict] | None = None, max_new_tokens: int = 256,
+               temperature: float = 0.0, top_p: float = 1.0, repetition_penalty: float = 1.0):
+        """Yield the growing answer text. temperature 0 = greedy. Closing the generator stops generation."""
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+        max_new_tokens = self.bounded_new_tokens(max_new_tokens)
+        text, prompt_tokens, dropped = self.prompt(message, history, max_new_tokens)
+        # The template already holds any BOS text, so the tokenizer must not add another.
+        inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).to(self.model.device)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        stop = threading.Event()
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        kwargs = dict(
+            **inputs, streamer=streamer, max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
+            pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id,
+            # No stop_strings: the loop below cuts the answer at a marker and `stop` then ends generation a
+            # few tokens later; HF's StopStringCriteria re-scans the whole vocabulary on every call (~0.05 s here).
+            stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]), **sampling,
+        )
+        kwargs.update(self.generate_options)
+        outcome: dict = {}
+
+        def run():
+            try:
+                with torch.inference_mode():
+                    outcome["ids"] = self.model.generate(**kwargs)
+            except Exception as e:  # surfaced to the caller below, not lost in the thread
+                outcome["error"] = e
+                streamer.end()
+
+        stats = GenerationStats(prompt_tokens=prompt_tokens, history_turns_dropped=dropped)
+        with self.lock:
+            start = time.perf_counter()
+            generation = TORCH_THREAD.submit(run)
+            answer, cut, exhausted = "", False, False
+            try:
+                for piece in streamer:
+                    if stats.seconds_to_first_token is None:
+                        stats.seconds_to_first_token = time.perf_counter() - start
+                    answer += piece
+                    shortened = _cut_at_marker(answer)
+                    if shortened is not None:
+                        answer, cut = shortened, True
+                        yield answer
+                        break
+                    visible = _without_marker_start(answer)
+                    if visible:
+                        yield visible
+                else:
+                    exhausted = True
+                    yield answer
+            finally:
+                # Reached on completion, on a marker, and when the reader closes us (stop button).
+                user_stopped = not cut and not exhausted
+                stop.set()
+                generation.result()
+                ids = outcome.get("ids")
+                stats.new_tokens = 0 if ids is None else int(ids.shape[1] - inputs["input_ids"].shape[1])
+                last = None if ids is None or stats.new_tokens == 0 else int(ids[0, -1])
+                stats.finish = ("marker" if cut else "stopped" if user_stopped else
+                                "eos" if last == self.tokenizer.eos_token_id else "length")
+                stats.seconds = time.perf_counter() - start
+                self.last = stats
+        if "error" in outcome:
+            raise outcome["error"]
+
+    def answer(self, message: str, history: list[dict] | None = None, **kwargs) -> str:
+        text = ""
+        for text in self.stream(message, history, **kwargs):
+            pass
+        return text
+
+    def answer_batch(self, conversations: list[list[dict]], max_new_tokens: int = 256) -> list[tuple[str, str]]:
+        """Greedy answers to several conversations (each ends with a user message) in one generate() call,
+        left-padded: (text, finish) per conversation, finish being "eos", "marker" or "length". For
+        evaluation, where a batch decodes several times faster than one answer after another; the
+        answers equal one-at-a-time greedy ones up to the rounding that padding brings."""
+        max_new_tokens = self.bounded_new_tokens(max_new_tokens)
+        texts = [self.prompt(c[-1]["content"], c[:-1], max_new_tokens)[0] for c in conversations]
+        tok = self.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        encoded = tok(texts, add_special_tokens=False)["input_ids"]
+        width = max(map(len, encoded))
+        inputs = {  # left padding, so every row's next token comes right after its prompt
+            "input_ids": torch.tensor([[pad] * (width - len(e)) + e for e in encoded]),
+            "attention_mask": torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded]),
+        }
+        inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
+
+        def run():
+            with torch.inference_mode():
+                return self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                           repetition_penalty=1.0, pad_token_id=pad, eos_token_id=tok.eos_token_id)
+
+        with self.lock:
+            ids = on_torch_thread(run)[:, inputs["input_ids"].shape[1]:].tolist()
+        results = []
+        for row in ids:
+            finish = "length"
+            if tok.eos_token_id in row:
+                row, finish = row[: row.index(tok.eos_token_id)], "eos"
+            text = tok.decode(row, skip_special_tokens=True)
+            cut = _cut_at_marker(text)
+            results.append((cut, "marker") if cut is not None else (text.strip(), finish))
+        return results
+
+
+def _without_marker_start(text: str) -> str:
+    """Hold back a tail that may be the start of a marker ("##"), so what was shown stays a prefix."""
+    for marker in STOP_MARKERS:
+        for n in range(min(len(marker) - 1, len(text)), 0, -1):
+            if text.endswith(marker[:n]):
+                text = text[:-n]
+                break
+    return text
+
+
+def _cut_at_marker(text: str) -> str | None:
+    positions = [i for i in (text.find(m) for m in STOP_MARKERS) if i >= 0]
+    return text[: min(positions)].rstrip() if positions else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Answer one question with a chat model.")
+    parser.add_argument("question")
+    parser.add_argument("--model", default=PROJECT_MODEL)
+    parser.add_argument("--template", choices=list(TEMPLATES), default=None)
+    parser.add_argument("--max_new_tokens", type=int, default=256)
+    args = parser.parse_args(argv)
+    try:
+        chat = ChatModel.load(args.model, args.template)
+        print(chat.answer(args.question, max_new_tokens=args.max_new_tokens))
+    except (ModelError, InputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
