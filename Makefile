@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HOST ?= 127.0.0.1
 PORT ?= 7860
 
-.PHONY: install prepare model demo test test-fast bench clean
+.PHONY: install prepare model demo lint test test-fast bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -46,14 +46,17 @@ model: prepare  ## train alpaca-medis-270m (~65 min on 2 CPU cores), evaluate it
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
 
-test: install /usr/bin/chromium  ## the whole suite, slow tests included (as CI runs it)
+lint: install  ## ruff (pyproject.toml [tool.ruff]): style, import order, likely bugs
+	$(VENV)/bin/ruff check .
+
+test: install lint /usr/bin/chromium  ## lint, then the whole suite, slow tests included (as CI runs it)
 	$(PY) -m pytest
 
 test-fast: install
 	$(PY) -m pytest -m "not slow"
 
 bench: prepare  ## training, inference and data benchmarks on this machine (~20 min), tables in bench/
-	$(PY) -m trainer.bench --out bench
+	$(PY) -m trainer.bench --output_dir bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

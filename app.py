@@ -1,4 +1,4 @@
-"""Gradio chat demo + OpenAI-compatible API. Loading and generation live in trainer/inference.py.
+"""Gradio chat demo + OpenAI-compatible API. Loading and generation live in trainer/serve/.
 
     python app.py [--model alpaca-medis-270m | smollm2-135m | out/ | out-lora/ | user/repo] [--template alpaca-id]
                   [--host 127.0.0.1] [--port 7860]
@@ -19,10 +19,10 @@ from pathlib import Path
 import gradio as gr
 import yaml
 
-from trainer.serve.inference import MAX_NEW_TOKENS, ChatModel, InputError
 from trainer.models import EMBEDDED, PROJECT_MODEL, ModelError
-from trainer.serve.openai_api import router
 from trainer.prompts import TEMPLATES
+from trainer.serve.inference import MAX_NEW_TOKENS, ChatModel, InputError
+from trainer.serve.openai_api import router
 
 HERE = Path(__file__).parent
 SAMPLE = HERE / "data" / "sample.jsonl"

@@ -32,8 +32,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_gen.client import (ChatClient, ClientError, add_client_args, check_client_args, client_from_args,
-                             setup_logging)
+from data_gen.client import ChatClient, ClientError, add_client_args, check_client_args, client_from_args, setup_logging
 from data_gen.language import looks_like
 from data_gen.rouge import RougeDedup, tokenize
 from trainer.records import DOCTOR_INSTRUCTION, FIELDS, DataError, load_records

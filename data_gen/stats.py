@@ -186,7 +186,7 @@ def summary_lines(stats: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_gen stats", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", help="Alpaca JSON array or JSON Lines files (read as one dataset)")
-    parser.add_argument("--out", required=True, help="folder for stats.json and the PNG plots")
+    parser.add_argument("--output_dir", "--out", dest="output_dir", required=True, help="folder for stats.json and the PNG plots")
     parser.add_argument("--tokenizer", help="smollm2-135m or a tokenizer folder: adds token lengths (default: none)")
     parser.add_argument("--near_dup_threshold", type=float, default=0.7, help="ROUGE-L F for near duplicates (0: skip)")
     parser.add_argument("--top_words", type=int, default=30, help="how many top words to keep per field")
@@ -217,13 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     lengths = collect_lengths(records, tokenizer)
     stats = compute_stats(records, tokenizer, args.near_dup_threshold, args.top_words, lengths)
     stats = {"sources": sources, "tokenizer": args.tokenizer, **stats}
-    os.makedirs(args.out, exist_ok=True)
-    stats["plots"] = write_plots(stats, lengths, args.out)
-    with open(os.path.join(args.out, "stats.json"), "w", encoding="utf-8") as f:
+    os.makedirs(args.output_dir, exist_ok=True)
+    stats["plots"] = write_plots(stats, lengths, args.output_dir)
+    with open(os.path.join(args.output_dir, "stats.json"), "w", encoding="utf-8") as f:
         json.dump(stats, f, ensure_ascii=False, indent=2)
         f.write("\n")
     print("\n".join(summary_lines(stats)))
-    print(f"\nwrote {os.path.join(args.out, 'stats.json')} and {', '.join(stats['plots'])}")
+    print(f"\nwrote {os.path.join(args.output_dir, 'stats.json')} and {', '.join(stats['plots'])}")
     return 0
 
 

@@ -50,8 +50,7 @@ def build_tokenizer(add_bos: bool):
 
 def build_model(kind: str, vocab_size: int, seed: int = 0):
     import torch
-    from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig,
-                              LlamaForCausalLM)
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     if kind == "gemma":

@@ -13,8 +13,8 @@ from openai import BadRequestError, OpenAI
 
 import app
 from conftest import SAMPLE, run_module
-from trainer.serve.inference import ChatModel
 from trainer.prompts import get_template
+from trainer.serve.inference import ChatModel
 
 QUESTION = "Dokter, kenapa saya sering pusing saat bangun tidur?"
 GREEDY = dict(temperature=0.0, top_p=1.0, repetition_penalty=1.0)

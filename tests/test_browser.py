@@ -5,9 +5,9 @@ import shutil
 import time
 
 import pytest
+from test_app import serve
 
 import app
-from test_app import serve
 from trainer.eval_report import is_indonesian
 from trainer.serve.inference import ChatModel
 

@@ -29,8 +29,8 @@ import torch
 from trainer import batches as batch_lib
 from trainer import records as record_lib
 from trainer.eval_report import SHAPES, answer_metrics, comparison_table, messages_for
-from trainer.serve.inference import ChatModel, InputError, on_torch_thread
 from trainer.models import ModelError
+from trainer.serve.inference import ChatModel, InputError, on_torch_thread
 
 logger = logging.getLogger("trainer.evaluate")
 
@@ -92,7 +92,7 @@ def evaluate_model(name: str, records: list[dict], max_new_tokens: int, template
         chat = ChatModel.load(name, template, dtype=dtype)  # ... or --template when it has none
     results = {}
     for shape in shapes:
-        # On the thread that generates: a second thread running torch ops slows both (inference.TORCH_THREAD).
+        # On the thread that generates: a second thread running torch ops slows both (serve.inference.TORCH_THREAD).
         loss, learned = on_torch_thread(learned_token_loss, chat.model, chat.tokenizer, records, shape)
         if not answers:
             results[shape] = {"loss": loss, "perplexity": math.exp(loss), "learned_tokens": learned}
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=16, help="answers generated together (default %(default)s)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="float32 compares across machines; bfloat16 is the demo's dtype where the CPU runs it fast, "
-                             "and ~2x faster here")
+                             "and there about twice as fast")
     parser.add_argument("--loss_only", action="append", default=[],
                         help="a --model to measure by loss only, without generating answers (repeatable)")
     parser.add_argument("--output_dir", "--out", dest="out", default="eval")

@@ -184,111 +184,171 @@ def _evaluate(model, val_examples, collator, args, device) -> float:
 
 def train(model, tokenizer, train_examples, val_examples, args, log_line) -> RunResult:
     """Train `model` sharded across the torchrun processes; returns what the summary needs."""
-    from transformers import get_scheduler
+    recipe = _Recipe(model, val_examples, args, log_line)
+    recipe.setup(tokenizer, train_examples)
+    return recipe.train()
 
-    rank, world = dist.get_rank(), dist.get_world_size()
-    warn_unsupported(args)
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if torch.cuda.is_available() and not args.use_cpu else torch.device("cpu")
-    if device.type == "cuda":
+
+class _Recipe:
+    """One FSDP run: `setup` builds its parts in a fixed order, `train` runs the steps (torchtune's recipe shape).
+
+    Every rank runs the same methods in the same order, so their collective calls always pair up."""
+
+    def __init__(self, model, val_examples, args, log_line):
+        self.model, self.val_examples, self.args, self.log_line = model, val_examples, args, log_line
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.step = 0
+
+    def setup(self, tokenizer, train_examples) -> None:
+        warn_unsupported(self.args)
+        self.device = self._setup_device()
+        self.result = RunResult(parallel=self._setup_sharding())
+        self.collator, self.sampler, self.loader = self._setup_data(tokenizer, train_examples)
+        self.accum = self.args.gradient_accumulation_steps
+        self.steps_per_epoch = math.ceil(len(self.loader) / self.accum)  # an epoch's last step may have fewer micro-batches
+        self.max_steps = (self.args.max_steps if self.args.max_steps > 0
+                          else math.ceil(self.args.num_train_epochs * self.steps_per_epoch))
+        self.params = [p for p in self.model.parameters() if p.requires_grad]  # this rank's shards of them
+        self.optimizer, self.scheduler = self._setup_optimizer()
+        if self.args.resume_from_checkpoint:
+            self.step, self.result.log_history = _load_checkpoint(
+                self.args.resume_from_checkpoint, self.model, self.optimizer, self.scheduler)
+            logger.info("resumed from %s at step %d", self.args.resume_from_checkpoint, self.step)
+        elif self.val_examples:
+            self._evaluate_and_log()  # the curve's first point: the model before any step
+
+    def _setup_device(self) -> torch.device:
+        if not torch.cuda.is_available() or self.args.use_cpu:
+            return torch.device("cpu")
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
         # No model.to(device): fully_shard moves one unit at a time and keeps only its shard there,
         # so the whole model never sits on one GPU.
         torch.cuda.set_device(device)
-    total_params = sum(p.numel() for p in model.parameters())
-    wrapped_class, units = shard(model, args, args.fsdp_transformer_layer_cls_to_wrap)
-    result = RunResult(parallel={
-        "world_size": world, "strategy": "fsdp", "fsdp": args.fsdp_mode, "wrapped_class": wrapped_class,
-        "wrapped_units": units, "total_params": total_params, "local_params_per_rank": gather(local_numel(model)),
-    })
-    logger.info("fsdp: %d ranks, %d units of %s + root, %s parameter elements per rank (of %d)",
-                world, units - 1, wrapped_class, result.parallel["local_params_per_rank"], total_params)
+        return device
 
-    collator = packing.collator() if args.packing else DataCollator(tokenizer.pad_token_id)
-    dataset = SupervisedDataset(train_examples)
-    if args.group_by_length:
-        from transformers.trainer_pt_utils import DistributedLengthGroupedSampler
+    def _setup_sharding(self) -> dict:
+        """Shard the model; returns what the summary reports about the sharding."""
+        total_params = sum(p.numel() for p in self.model.parameters())
+        wrapped_class, units = shard(self.model, self.args, self.args.fsdp_transformer_layer_cls_to_wrap)
+        parallel = {
+            "world_size": self.world, "strategy": "fsdp", "fsdp": self.args.fsdp_mode, "wrapped_class": wrapped_class,
+            "wrapped_units": units, "total_params": total_params, "local_params_per_rank": gather(local_numel(self.model)),
+        }
+        logger.info("fsdp: %d ranks, %d units of %s + root, %s parameter elements per rank (of %d)",
+                    self.world, units - 1, wrapped_class, parallel["local_params_per_rank"], total_params)
+        return parallel
 
-        sampler = DistributedLengthGroupedSampler(args.per_device_train_batch_size * args.gradient_accumulation_steps,
-                                                  dataset, num_replicas=world, rank=rank, seed=args.seed)
-    else:
-        # Rank r takes positions r, r+world, ... of one seeded permutation, so for the same global batch
-        # the optimizer sees the same examples whatever the number of ranks.
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
-    loader = DataLoader(dataset, batch_size=args.per_device_train_batch_size, sampler=sampler, collate_fn=collator)
-    accum = args.gradient_accumulation_steps
-    steps_per_epoch = math.ceil(len(loader) / accum)  # an epoch's last step may have fewer micro-batches
-    max_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
+    def _setup_data(self, tokenizer, train_examples):
+        """(collator, sampler, loader) of this rank's micro-batches."""
+        args = self.args
+        collator = packing.collator() if args.packing else DataCollator(tokenizer.pad_token_id)
+        dataset = SupervisedDataset(train_examples)
+        if args.group_by_length:
+            from transformers.trainer_pt_utils import DistributedLengthGroupedSampler
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        [{"params": [p for p in params if p.ndim >= 2], "weight_decay": args.weight_decay},
-         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
-        lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
-    )
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.get_warmup_steps(max_steps),
-                              num_training_steps=max_steps)
-    step = 0
-    if args.resume_from_checkpoint:
-        step, result.log_history = _load_checkpoint(args.resume_from_checkpoint, model, optimizer, scheduler)
-        logger.info("resumed from %s at step %d", args.resume_from_checkpoint, step)
-    elif val_examples:
-        eval_loss = _evaluate(model, val_examples, collator, args, device)
-        result.log_history.append({"eval_loss": eval_loss, "step": 0, "epoch": 0.0})
-        log_line(0, eval_loss=eval_loss)
+            sampler = DistributedLengthGroupedSampler(args.per_device_train_batch_size * args.gradient_accumulation_steps,
+                                                      dataset, num_replicas=self.world, rank=self.rank, seed=args.seed)
+        else:
+            # Rank r takes positions r, r+world, ... of one seeded permutation, so for the same global batch
+            # the optimizer sees the same examples whatever the number of ranks.
+            sampler = DistributedSampler(dataset, num_replicas=self.world, rank=self.rank, shuffle=True, seed=args.seed)
+        loader = DataLoader(dataset, batch_size=args.per_device_train_batch_size, sampler=sampler, collate_fn=collator)
+        return collator, sampler, loader
 
-    start = time.perf_counter()
-    model.train()
-    progress = _progress(max_steps, step, rank)
-    micro = _micro_batches(loader, sampler, epoch=step // steps_per_epoch, skip=(step % steps_per_epoch) * accum)
-    while step < max_steps:
+    def _setup_optimizer(self):
+        """The Trainer's AdamW (no weight decay on biases and norms) and learning-rate schedule."""
+        from transformers import get_scheduler
+
+        args = self.args
+        optimizer = torch.optim.AdamW(
+            [{"params": [p for p in self.params if p.ndim >= 2], "weight_decay": args.weight_decay},
+             {"params": [p for p in self.params if p.ndim < 2], "weight_decay": 0.0}],
+            lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
+        )
+        scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.get_warmup_steps(self.max_steps),
+                                  num_training_steps=self.max_steps)
+        return optimizer, scheduler
+
+    def train(self) -> RunResult:
+        start = time.perf_counter()
+        self.model.train()
+        progress = _progress(self.max_steps, self.step, self.rank)
+        micro = _micro_batches(self.loader, self.sampler, epoch=self.step // self.steps_per_epoch,
+                               skip=(self.step % self.steps_per_epoch) * self.accum)
+        while self.step < self.max_steps:
+            entry, ms = self._train_step(self._next_batches(micro))
+            self._log_evaluate_save(entry, ms)
+            if progress:
+                progress.update(1)
+        if progress:
+            progress.close()
+        if self.val_examples and not any(h.get("step") == self.step and "eval_loss" in h for h in self.result.log_history):
+            self._evaluate_and_log()  # the curve's last point, whatever the evaluation interval
+        return self._finish(wall=time.perf_counter() - start)
+
+    def _next_batches(self, micro) -> list[dict]:
+        """The micro-batches of one optimizer step: `accum` of them, fewer at an epoch's end."""
         batches = []
         for index, batch in micro:
             batches.append(batch)
-            if len(batches) == accum or index == len(loader) - 1:
+            if len(batches) == self.accum or index == len(self.loader) - 1:
                 break
+        return batches
+
+    def _train_step(self, batches) -> tuple[dict, float]:
+        """One optimizer step; (its log entry, its milliseconds)."""
         tic = time.perf_counter()
         counts = [batch_counts(b) for b in batches]
         step_counts = {k: sum(c[k] for c in counts) for k in counts[0]}
-        (global_learned,) = all_sum(step_counts["learned"], device=device)
+        (global_learned,) = all_sum(step_counts["learned"], device=self.device)
         total = 0.0
         for b in batches:
-            loss, _ = learned_loss_sum(model, to_device(b, device), args.learned_logits_only)
+            loss, _ = learned_loss_sum(self.model, to_device(b, self.device), self.args.learned_logits_only)
             # Gradients are averaged over ranks, so scale by world / global count for a per-token mean.
-            (loss * world / max(global_learned, 1)).backward()
+            (loss * self.world / max(global_learned, 1)).backward()
             total += float(loss.detach())
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm) if args.max_grad_norm else None
-        optimizer.step()
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        (total,) = all_sum(total, device=device)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.args.max_grad_norm) if self.args.max_grad_norm else None
+        self.optimizer.step()
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        (total,) = all_sum(total, device=self.device)
         train_loss = total / max(global_learned, 1)
         ms = 1000 * (time.perf_counter() - tic)
-        result.steps.append({"seconds": ms / 1000, **step_counts})
-        entry = {"loss": train_loss, "learning_rate": lr, "step": step, "epoch": step / steps_per_epoch}
+        self.result.steps.append({"seconds": ms / 1000, **step_counts})
+        entry = {"loss": train_loss, "learning_rate": lr, "step": self.step, "epoch": self.epoch}
         if grad_norm is not None:
             entry["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-        if _due("steps", args.logging_steps, step, max_steps, steps_per_epoch) or step == max_steps:
-            result.log_history.append(entry)
-            log_line(step, loss=train_loss, lr=lr, ms=ms)
-        if val_examples and _due(args.eval_strategy, args.eval_steps or args.logging_steps, step, max_steps, steps_per_epoch):
-            eval_loss = _evaluate(model, val_examples, collator, args, device)
-            result.log_history.append({"eval_loss": eval_loss, "step": step, "epoch": step / steps_per_epoch})
-            log_line(step, eval_loss=eval_loss)
-        if _due(args.save_strategy, args.save_steps, step, max_steps, steps_per_epoch):
-            _save_checkpoint(args, step, model, optimizer, scheduler, result.log_history)
-        if progress:
-            progress.update(1)
-    if progress:
-        progress.close()
-    if val_examples and not any(h.get("step") == step and "eval_loss" in h for h in result.log_history):
-        eval_loss = _evaluate(model, val_examples, collator, args, device)
-        result.log_history.append({"eval_loss": eval_loss, "step": step, "epoch": step / steps_per_epoch})
-        log_line(step, eval_loss=eval_loss)
-    result.wall = time.perf_counter() - start
-    result.global_step, result.epoch = step, step / steps_per_epoch
-    result.steps = sum_steps(result.steps)
-    return result
+        return entry, ms
+
+    def _log_evaluate_save(self, entry: dict, ms: float) -> None:
+        """What is due after a step, at the Trainer's intervals: the log line, an evaluation, a checkpoint."""
+        args, step = self.args, self.step
+        if _due("steps", args.logging_steps, step, self.max_steps, self.steps_per_epoch) or step == self.max_steps:
+            self.result.log_history.append(entry)
+            self.log_line(step, loss=entry["loss"], lr=entry["learning_rate"], ms=ms)
+        if self.val_examples and _due(args.eval_strategy, args.eval_steps or args.logging_steps, step, self.max_steps,
+                                      self.steps_per_epoch):
+            self._evaluate_and_log()
+        if _due(args.save_strategy, args.save_steps, step, self.max_steps, self.steps_per_epoch):
+            _save_checkpoint(args, step, self.model, self.optimizer, self.scheduler, self.result.log_history)
+
+    def _evaluate_and_log(self) -> None:
+        eval_loss = _evaluate(self.model, self.val_examples, self.collator, self.args, self.device)
+        self.result.log_history.append({"eval_loss": eval_loss, "step": self.step, "epoch": self.epoch})
+        self.log_line(self.step, eval_loss=eval_loss)
+
+    @property
+    def epoch(self) -> float:
+        return self.step / self.steps_per_epoch
+
+    def _finish(self, wall: float) -> RunResult:
+        """The result, with every rank's step counts summed."""
+        self.result.wall = wall
+        self.result.global_step, self.result.epoch = self.step, self.epoch
+        self.result.steps = sum_steps(self.result.steps)
+        return self.result
 
 
 def _micro_batches(loader, sampler, epoch: int, skip: int):
@@ -312,8 +372,8 @@ def _due(strategy, every, step, max_steps, steps_per_epoch) -> bool:
 
 
 # Trainer flags this loop does not implement; a non-default value gets a warning, not silence.
-UNSUPPORTED = ("optim", "fp16", "activation_checkpointing", "gradient_checkpointing", "torch_compile", "label_smoothing_factor", "lr_scheduler_kwargs",
-               "dataloader_num_workers", "load_best_model_at_end")
+UNSUPPORTED = ("optim", "fp16", "activation_checkpointing", "gradient_checkpointing", "torch_compile", "label_smoothing_factor",
+               "lr_scheduler_kwargs", "dataloader_num_workers", "load_best_model_at_end")
 
 
 def warn_unsupported(args) -> None:

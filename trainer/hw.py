@@ -37,9 +37,9 @@ def fast_cpu_dtype() -> tuple[torch.dtype, str]:
 @functools.cache
 def one_token_faster_without_onednn(rows: int = 16384, cols: int = 2048) -> tuple[bool, str]:
     """Whether a bf16 matrix-vector product (every linear layer of a one-token decode step) is faster
-    without oneDNN. ATen's own bf16 kernel reads the weights at memory bandwidth; oneDNN, which is much
-    faster for a prompt's matrix-matrix products, reached half of that on our EPYC. Timed on a 64 MB
-    matrix, larger than the caches (~0.1 s)."""
+    without oneDNN. ATen's own bf16 kernel reads the weights at memory bandwidth; oneDNN, much faster for a
+    prompt's matrix-matrix products, can fall well short of it there (BENCHMARKS.md, inference). Timed on a
+    64 MB matrix, larger than the caches (~0.1 s)."""
     weight = torch.full((rows, cols), 0.01, dtype=torch.bfloat16)
     x = torch.full((1, 1, cols), 0.01, dtype=torch.bfloat16)
 

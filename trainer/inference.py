@@ -1,5 +1,7 @@
-"""`python -m trainer.inference`: Chat with a trained model from the command line. The code lives in trainer/serve/inference.py; this entry point keeps
-the command the README and the published Spaces' instructions use."""
+"""`python -m trainer.inference`: chat with a trained model from the command line.
+
+The code lives in trainer/serve/inference.py; this entry point keeps the command that the README and the
+published model cards and Spaces use."""
 
 import sys
 

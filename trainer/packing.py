@@ -8,8 +8,8 @@ example and `cu_seq_lens_*` mark where each one starts, so
 - on GPUs with flash-attention installed, its varlen kernel attends within each example;
 - elsewhere `packed_sdpa` (registered here) runs PyTorch's causal SDPA once per example.
   transformers' own sdpa would also keep the examples apart, through a block-causal mask over
-  the whole row, but it computes every masked score: on a row of 8 examples that costs as much
-  as the padding it removed.
+  the whole row, but it computes every masked score: the square of the row's length instead of
+  the sum of each example's square, n times the work for n examples of similar length.
 
 `check_isolation` runs a model on two examples packed and apart and refuses a model whose
 attention lets them see each other (remote code that ignores `position_ids`, say).

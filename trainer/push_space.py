@@ -1,5 +1,7 @@
-"""`python -m trainer.push_space`: Deploy a Space folder to the Hub. The code lives in trainer/hub/spaces.py; this entry point keeps
-the command the README and the published Spaces' instructions use."""
+"""`python -m trainer.push_space`: deploy a Space folder to the Hub.
+
+The code lives in trainer/hub/spaces.py; this entry point keeps the command that the README and the
+published model cards and Spaces use."""
 
 import sys
 

@@ -34,13 +34,13 @@ from transformers.trainer_callback import ProgressCallback
 
 from trainer import alpaca_flags
 from trainer import batches as batch_lib
-from trainer import records as record_lib
 from trainer import fsdp as fsdp_lib
 from trainer import packing as packing_lib
-from trainer.models import DEFAULT_MODEL, ModelError, load_model, load_tokenizer
+from trainer import records as record_lib
 from trainer.alpaca_flags import UsageError
-from trainer.run_summary import RecordCounts, RunSummary, Throughput
+from trainer.models import DEFAULT_MODEL, ModelError, load_model, load_tokenizer
 from trainer.prompts import DEFAULT_TEMPLATE, TEMPLATES, chat_template_for, get_template
+from trainer.run_summary import RecordCounts, RunSummary, Throughput
 
 logger = logging.getLogger("trainer.train")
 
@@ -437,7 +437,8 @@ def save(model, trainer, tokenizer, model_args, data_args, training_args, counts
         torch_version=torch.__version__,
     )
     summary.write(out)
-    plot_losses(train_losses, eval_losses, os.path.join(out, "loss.png"), title=f"{model_args.model_name_or_path} on {os.path.basename(data_args.data_path)}")
+    title = f"{model_args.model_name_or_path} on {os.path.basename(data_args.data_path)}"
+    plot_losses(train_losses, eval_losses, os.path.join(out, "loss.png"), title=title)
     return summary
 
 

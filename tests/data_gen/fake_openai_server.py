@@ -23,9 +23,9 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 INSTRUCTION = "Jika Anda seorang dokter, silakan menjawab pertanyaan medis berdasarkan deskripsi pasien."
 
@@ -60,7 +60,7 @@ class FakeOpenAI:
     def push(self, *replies: Reply) -> None:
         self.replies.extend(replies)
 
-    def start(self) -> "FakeOpenAI":
+    def start(self) -> FakeOpenAI:
         self.thread.start()
         return self
 
@@ -68,7 +68,7 @@ class FakeOpenAI:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def __enter__(self) -> "FakeOpenAI":
+    def __enter__(self) -> FakeOpenAI:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -11,12 +11,12 @@ import sys
 import time
 
 import pytest
-from fake_openai_server import INSTRUCTION, FakeOpenAI, Reply, format_records
 
 from conftest import ROOT
 from data_gen.client import ChatClient, ClientError
 from data_gen.generate import build_prompt, dedup_key, main, parse_answer
 from data_gen.rouge import rouge_l, tokenize
+from fake_openai_server import INSTRUCTION, FakeOpenAI, Reply, format_records
 from trainer.records import load_records
 
 SEEDS = [json.loads(line) for line in (ROOT / "data" / "seed_tasks.jsonl").read_text(encoding="utf-8").splitlines()]

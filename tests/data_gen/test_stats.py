@@ -13,7 +13,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def run_stats(tmp_path, *args) -> dict:
     out = tmp_path / "stats"
-    assert data_stats.main([*map(str, args), "--out", str(out)]) == 0
+    assert data_stats.main([*map(str, args), "--output_dir", str(out)]) == 0
     return json.loads((out / "stats.json").read_text(encoding="utf-8"))
 
 

@@ -7,11 +7,11 @@ import json
 import math
 
 import pytest
-from fake_openai_server import FakeOpenAI, Reply, json_records, translate_record
 
 from conftest import ROOT
 from data_gen.generate import DOCTOR_INSTRUCTION
 from data_gen.translate import build_prompt, main, parse_answer
+from fake_openai_server import FakeOpenAI, Reply, json_records, translate_record
 from trainer.records import load_records
 
 CHATDOCTOR = ROOT.parent / "shared" / "data" / "chatdoctor5k.json"

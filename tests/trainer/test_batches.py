@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from conftest import sample_records
 from trainer.batches import IGNORE_INDEX, DataCollator, tokenize_records
 from trainer.prompts import get_template
-from conftest import sample_records
 from trainer.records import DataError
 
 

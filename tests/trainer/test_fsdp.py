@@ -142,7 +142,8 @@ def test_wrong_layer_class_lists_the_real_ones(tiny_llama, tmp_path):
     result, _ = torchrun(2, tiny_llama, tmp_path / "out", "--fsdp", "full_shard auto_wrap",
                          "--fsdp_transformer_layer_cls_to_wrap", "LLaMADecoderLayer", "--max_steps", "2")
     assert result.returncode != 0
-    assert "--fsdp_transformer_layer_cls_to_wrap LLaMADecoderLayer: this model has no such layer. Its layer classes: LlamaDecoderLayer" in result.stderr
+    assert ("--fsdp_transformer_layer_cls_to_wrap LLaMADecoderLayer: this model has no such layer. "
+            "Its layer classes: LlamaDecoderLayer") in result.stderr
     assert "raise FsdpError" not in result.stderr  # the ranks print the message, not a traceback
 
 

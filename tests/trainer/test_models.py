@@ -40,7 +40,8 @@ def test_embedded_model_is_a_plain_checkpoint_that_answers():
     print(f"embedded model loaded in {time.perf_counter() - start:.2f} s")  # speed lives in benchmarks, not asserts
     assert model.dtype == torch.float32 and tokenizer.eos_token == "<|im_end|>"
     # Its own (ChatML) chat template; greedy decoding answers a factual question.
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True, tokenize=False)
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    prompt = tokenizer.apply_chat_template(question, add_generation_prompt=True, tokenize=False)
     inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     out = model.generate(**inputs, max_new_tokens=16, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)

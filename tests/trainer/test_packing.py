@@ -8,9 +8,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import SAMPLE, build_model, build_tokenizer, run_module, sample_records
 from trainer import packing
-from trainer.batches import DataCollator, IGNORE_INDEX, batch_counts, learned_loss_sum, tokenize_records
-from trainer.records import split_records
+from trainer.batches import IGNORE_INDEX, DataCollator, batch_counts, learned_loss_sum, tokenize_records
 from trainer.prompts import get_template
+from trainer.records import split_records
 
 
 def examples_and_model(kind: str, n: int = 6):

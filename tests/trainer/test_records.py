@@ -91,7 +91,8 @@ def test_unknown_encoding_names_the_line(tmp_path):
         ("  \n\n", "is empty"),
         ("[]", "holds no records"),
         ("question,answer\nwhy,because\n", "is not Alpaca data: it is neither a JSON array nor JSON Lines"),
-        ('{"question": "q", "answer": "a"}\n{"question": "q2", "answer": "a2"}\n', "is not Alpaca data: its records have the fields answer, question"),
+        ('{"question": "q", "answer": "a"}\n{"question": "q2", "answer": "a2"}\n',
+         "is not Alpaca data: its records have the fields answer, question"),
         ('{\n  "data": [\n    {"instruction": "a", "output": "b"}\n  ]\n}\n', "is not Alpaca data: it holds one JSON object with the fields data"),
     ],
 )

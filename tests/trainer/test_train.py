@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import SAMPLE, run_module, sample_records
-from trainer.prompts import get_template
 from trainer.alpaca_flags import cpu_adjust
+from trainer.prompts import get_template
 from trainer.train import parse_args
 
 # stanford_alpaca's README command, flag for flag (sizes shrunk for a 2-layer model on a CPU).
@@ -184,5 +184,6 @@ def test_short_run_on_the_embedded_model(tmp_path):
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Apa gejala flu?"}], add_generation_prompt=True, tokenize=False)
     assert prompt == get_template("alpaca-id").format("Apa gejala flu?")  # SmolLM2's tokenizer adds no BOS
     inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-    answer = tokenizer.decode(model.generate(**inputs, max_new_tokens=24, do_sample=False)[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    new_ids = model.generate(**inputs, max_new_tokens=24, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+    answer = tokenizer.decode(new_ids, skip_special_tokens=True)
     assert len(answer.split()) >= 3

