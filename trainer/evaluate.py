@@ -30,6 +30,7 @@ from trainer import batches as batch_lib
 from trainer import records as record_lib
 from trainer.eval_report import SHAPES, answer_metrics, comparison_table, messages_for
 from trainer.models import ModelError
+from trainer.run_summary import RunSummary, SummaryError
 from trainer.serve.inference import ChatModel, InputError, on_torch_thread
 
 logger = logging.getLogger("trainer.evaluate")
@@ -120,6 +121,23 @@ def select_records(data_path: str, split: str = "val", val_set_size: float = 0.1
     return chosen
 
 
+def held_out_share(models: list[str], data_path: str, val_set_size: float | None) -> float:
+    """The validation share to evaluate on: as given, else the one a model folder's train_summary.json was
+    trained with on this file (so the held-out records really were held out), else 0.1 (training's default)."""
+    for name in models:
+        summary = RunSummary.read(name) if os.path.isdir(name) else None
+        trained = summary.records.val_set_size if summary and summary.data_path else None
+        if trained is None or os.path.basename(summary.data_path) != os.path.basename(data_path):
+            continue
+        if val_set_size is None:
+            logger.info("--val_set_size %g, as %s was trained (train_summary.json)", trained, name)
+            return trained
+        if val_set_size != trained:
+            logger.warning("--val_set_size %g, but %s held out %g of %s in training: part of the records evaluated "
+                           "may have been trained on", val_set_size, name, trained, summary.data_path)
+    return 0.1 if val_set_size is None else val_set_size
+
+
 def report_markdown(result: dict, samples: int = 3) -> str:
     lines = [comparison_table(result)]
     shapes = result.get("shapes") or list(SHAPES)
@@ -136,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", action="append", required=True, help="repeat to compare models (name, folder or Hub id)")
     parser.add_argument("--data_path", required=True)
     parser.add_argument("--split", choices=("val", "train"), default="val")
-    parser.add_argument("--val_set_size", type=float, default=0.1, help="as in training (default %(default)s)")
+    parser.add_argument("--val_set_size", type=float, default=None,
+                        help="as in training; default: what a model folder's train_summary.json records, else 0.1")
     parser.add_argument("--limit", type=int, default=0, help="evaluate the first N records of the split (0 = all)")
     parser.add_argument("--max_new_tokens", type=int, default=256)
     parser.add_argument("--template", default=None, help="for models without a chat_template")
@@ -147,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                              "and there about twice as fast")
     parser.add_argument("--loss_only", action="append", default=[],
                         help="a --model to measure by loss only, without generating answers (repeatable)")
-    parser.add_argument("--output_dir", "--out", dest="out", default="eval")
+    parser.add_argument("--output_dir", "--out", dest="output_dir", default="eval", help="folder for eval.json and eval.md")
     args = parser.parse_args(argv)
     shapes = [s for s in args.shapes.split(",") if s]
     unknown = [s for s in shapes if s not in SHAPES]
@@ -155,20 +174,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--shapes {args.shapes!r}: choose from {', '.join(SHAPES)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        chosen = select_records(args.data_path, args.split, args.val_set_size, args.limit)
+        val_set_size = held_out_share(args.model, args.data_path, args.val_set_size)
+        chosen = select_records(args.data_path, args.split, val_set_size, args.limit)
         models = {name: evaluate_model(name, chosen, args.max_new_tokens, args.template, shapes, args.batch_size,
                                        getattr(torch, args.dtype), answers=name not in args.loss_only)
                   for name in args.model}
-    except (record_lib.DataError, ModelError) as e:
+    except (record_lib.DataError, ModelError, SummaryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     result = {"data_path": args.data_path, "split": args.split, "records": len(chosen), "max_new_tokens": args.max_new_tokens,
               "dtype": args.dtype, "shapes": shapes, "models": models, "samples": chosen[:5]}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "eval.json"), "w", encoding="utf-8") as f:
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, "eval.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, ensure_ascii=False, indent=2)
     markdown = report_markdown(result)
-    with open(os.path.join(args.out, "eval.md"), "w", encoding="utf-8") as f:
+    with open(os.path.join(args.output_dir, "eval.md"), "w", encoding="utf-8") as f:
         f.write(markdown)
     print(markdown)
     return 0

@@ -100,3 +100,18 @@ def test_a_model_measured_by_loss_only_gets_no_answers(trained, tiny_gpt2, tmp_p
     assert set(report["models"][str(tiny_gpt2)]["empty"]) == {"loss", "perplexity", "learned_tokens"}
     assert len(report["models"][str(trained)]["empty"]["answers"]) == 2
     assert f"| `{tiny_gpt2}` | empty |" in (out / "eval.md").read_text() and "| – | – | – |" in (out / "eval.md").read_text()
+
+
+def test_the_held_out_share_comes_from_the_trained_folder(tmp_path, caplog):
+    from trainer.evaluate import held_out_share
+    from trainer.run_summary import RecordCounts, RunSummary
+
+    trained = tmp_path / "run"
+    trained.mkdir()
+    RunSummary(data_path="/data/GenMedGPT-5k-id.json", records=RecordCounts(val_set_size=200)).write(trained)
+    assert held_out_share(["gemma3-270m", str(trained)], "../x/GenMedGPT-5k-id.json", None) == 200
+    assert held_out_share([str(trained)], "other.json", None) == 0.1  # trained on another file: training's default
+    assert held_out_share(["gemma3-270m"], "GenMedGPT-5k-id.json", None) == 0.1
+    with caplog.at_level("WARNING"):
+        assert held_out_share([str(trained)], "GenMedGPT-5k-id.json", 0.1) == 0.1
+    assert "held out 200" in caplog.text and "trained on" in caplog.text
