@@ -178,7 +178,7 @@ def _variants(s: Setup, args) -> list[Variant]:
         (f"ChatModel.stream ({chat.settings})", True, on_app_model(lambda: stream_run(chat, message))),
     ]
     if dtype != torch.float32:
-        variants.append(("stream, float32 (the app's CPU dtype before issue 6)", False,
+        variants.append(("stream, float32 (the dtype where bf16 is slow)", False,
                          on_own_model(lambda other: stream_run(other, message), dtype=torch.float32)))
     if "without oneDNN" in chat.settings:
         variants.append(("stream, oneDNN for one-token steps too", False,
