@@ -195,8 +195,12 @@ class ChatModel:
             dropped += 1
 
     def stream(self, message: str, history: list[dict] | None = None, max_new_tokens: int = 256,
-               temperature: float = 0.0, top_p: float = 1.0, repetition_penalty: float = 1.0):
-        """Yield the growing answer text. temperature 0 = greedy. Closing the generator stops generation."""
+               temperature: float = 0.0, top_p: float = 1.0, repetition_penalty: float = 1.0,
+               stats: GenerationStats | None = None):
+        """Yield the growing answer text. temperature 0 = greedy. Closing the generator stops generation.
+
+        `stats`, if given, is filled in when the answer ends: the request's own numbers even when other
+        requests run meanwhile (`self.last` is only the latest answer's)."""
         max_new_tokens = self.bounded_new_tokens(max_new_tokens)
         text, prompt_tokens, dropped = self.prompt(message, history, max_new_tokens)
         generation = self._generation(text, max_new_tokens, temperature, top_p, repetition_penalty)
@@ -208,6 +212,8 @@ class ChatModel:
                 # Reached on completion, on a marker, and when the reader closes us (stop button).
                 generation.stop_and_wait()
                 self.last = generation.stats(prompt_tokens, dropped, self.tokenizer.eos_token_id)
+                if stats is not None:
+                    stats.__dict__.update(self.last.__dict__)
         if generation.error is not None:
             raise generation.error
 

@@ -20,7 +20,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from trainer.serve.inference import MAX_NEW_TOKENS, ChatModel, InputError
+from trainer.serve.inference import MAX_NEW_TOKENS, ChatModel, GenerationStats, InputError
 
 
 class Message(BaseModel):
@@ -60,17 +60,17 @@ def router(chat: ChatModel) -> APIRouter:
             return _error(f"max_tokens {max_tokens} is above this server's limit of {MAX_NEW_TOKENS}.")
         kwargs = dict(max_new_tokens=max_tokens, temperature=request.temperature, top_p=request.top_p,
                       repetition_penalty=request.repetition_penalty)
-        answers = chat.stream(messages[-1]["content"], messages[:-1], **kwargs)
+        stats = GenerationStats()
+        answers = chat.stream(messages[-1]["content"], messages[:-1], stats=stats, **kwargs)
         try:
             first = next(answers, "")  # prompt errors surface here, before any response starts
         except InputError as e:
             return _error(str(e))
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if request.stream:
-            return StreamingResponse(_sse(chat, ident, created, first, answers), media_type="text/event-stream")
+            return StreamingResponse(_sse(chat, ident, created, first, answers, stats), media_type="text/event-stream")
         rest = collections.deque(answers, maxlen=1)  # reads the stream to its end
         text = rest[0] if rest else first
-        stats = chat.last
         return {
             "id": ident, "object": "chat.completion", "created": created, "model": chat.name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": _finish(stats.finish)}],
@@ -90,7 +90,7 @@ def _finish(reason: str) -> str:
     return "length" if reason == "length" else "stop"
 
 
-def _sse(chat: ChatModel, ident: str, created: int, first: str, answers):
+def _sse(chat: ChatModel, ident: str, created: int, first: str, answers, stats: GenerationStats):
     def chunk(delta: dict, finish: str | None = None) -> str:
         body = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": chat.name,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
@@ -105,7 +105,7 @@ def _sse(chat: ChatModel, ident: str, created: int, first: str, answers):
                 sent = text
     finally:
         answers.close()  # a client that disconnects stops the generation
-    yield chunk({}, _finish(chat.last.finish))
+    yield chunk({}, _finish(stats.finish))
     yield "data: [DONE]\n\n"
 
 
