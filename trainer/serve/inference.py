@@ -48,6 +48,15 @@ class InputError(ValueError):
     """A request the model cannot serve as asked; the message says why, for the user to read."""
 
 
+class BusyError(RuntimeError):
+    """Every generation slot and waiting place is taken: the request was not started. Retry shortly."""
+
+    def __init__(self, message: str = "The server is busy: every answer slot is taken. Retry in a few seconds.",
+                 retry_after: float = 5.0):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 @dataclass
 class GenerationStats:
     prompt_tokens: int = 0
