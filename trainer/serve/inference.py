@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import collections
 import logging
+import os
 import sys
 import threading
 import time
@@ -83,8 +84,25 @@ class _StopOnEvent:
 # new thread per answer, beside the team of the thread that loaded the model, slows decoding (by ~40 %
 # on the 2-core machine of BENCHMARKS.md).
 _torch_thread_id: list[int] = []  # set by the thread itself when it starts
-TORCH_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch",
-                                  initializer=lambda: _torch_thread_id.append(threading.get_ident()))
+
+
+def _new_torch_thread() -> ThreadPoolExecutor:
+    _torch_thread_id.clear()
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch",
+                              initializer=lambda: _torch_thread_id.append(threading.get_ident()))
+
+
+TORCH_THREAD = _new_torch_thread()
+
+
+def _after_fork_in_child() -> None:
+    # A forked child (ZeroGPU runs each @spaces.GPU call in one) has no threads but the forking one, while
+    # the executor still counts its worker: work submitted there would wait forever. A fresh executor runs it.
+    global TORCH_THREAD
+    TORCH_THREAD = _new_torch_thread()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def on_torch_thread(fn, *args, **kwargs):
