@@ -21,6 +21,7 @@ import yaml
 
 from trainer.models import EMBEDDED, PROJECT_MODEL, ModelError
 from trainer.prompts import TEMPLATES
+from trainer.serve import zerogpu
 from trainer.serve.inference import MAX_NEW_TOKENS, ChatModel, InputError
 from trainer.serve.openai_api import router
 
@@ -69,7 +70,7 @@ def build_demo(chat: ChatModel, config: dict = DEFAULTS) -> gr.ChatInterface:
             raise gr.Error(f"Generation failed: {type(e).__name__}: {e}") from None
 
     return gr.ChatInterface(
-        respond,
+        zerogpu.gpu(respond, max_new_tokens_arg=2),
         title=f"alpaca-medis · {chat.name}",
         description=f"{DISCLAIMER}\n\n{model_line(chat)}",
         examples=[[q] for q in example_questions()],
@@ -103,14 +104,32 @@ def main() -> None:
     # Hugging Face Spaces set GRADIO_SERVER_NAME=0.0.0.0; locally the demo stays on loopback.
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument("--backend", default=None, metavar="URL",
+                        help="answer through this OpenAI-compatible server (vLLM, transformers serve, ...) instead of "
+                             "loading a model, e.g. http://gpu-box:8000/v1; key from $BACKEND_API_KEY or $OPENAI_API_KEY")
+    parser.add_argument("--backend_model", default=None, metavar="NAME", help="the --backend model (default: the first it lists)")
     args = parser.parse_args()
+    if zerogpu.available():
+        import spaces  # noqa: F401  before the model loads: ZeroGPU places it on its (lent) GPU
     config = load_config()
     model = args.model or os.environ.get("MODEL_ID") or config["model"]
     try:
-        chat = ChatModel.load(model, args.template or config["template"], trust_remote_code=config["trust_remote_code"],
-                              revision=config["revision"])
-    except ModelError as e:
+        if args.backend:  # the server answers; this one serves the page and /v1 in front of it
+            from trainer.serve.remote import RemoteChat
+
+            chat = RemoteChat.connect(args.backend, args.backend_model)
+            model = chat.name
+        else:
+            chat = ChatModel.load(model, args.template or config["template"], trust_remote_code=config["trust_remote_code"],
+                                  revision=config["revision"])
+    except (ModelError, InputError) as e:  # InputError: remote.BackendError, the backend unreachable or refusing
         raise SystemExit(f"error: {e}") from None
+    if zerogpu.available():
+        # ZeroGPU lends its GPU to Gradio requests only, so the page runs as Gradio launches it and the
+        # /v1 API (whose calls carry no visitor quota) is not served.
+        print(f"alpaca-medis: {model} ({chat.settings}) on ZeroGPU; chat on http://{args.host}:{args.port}")
+        build_demo(chat, config).queue(max_size=32).launch(server_name=args.host, server_port=args.port)
+        return
     import uvicorn
 
     print(f"alpaca-medis: {model} ({chat.settings}), chat on http://{args.host}:{args.port}  "
