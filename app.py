@@ -2,6 +2,7 @@
 
     python app.py [--model alpaca-medis-270m | smollm2-135m | out/ | out-lora/ | user/repo] [--template alpaca-id]
                   [--host 127.0.0.1] [--port 7860]
+    python app.py --backend http://gpu-box:8000/v1     # the page and /v1 in front of an OpenAI-compatible engine
 
 The model comes from --model, else $MODEL_ID, else `config.yaml` beside this file (a Space's
 config), else the project's own alpaca-medis-270m (models/alpaca-medis-270m: a LoRA adapter on the
