@@ -152,8 +152,8 @@ def test_unmappable_record_is_named_and_skippable(tmp_path, capsys):
 def test_bad_file_exits_2_naming_the_record_and_writes_nothing(tmp_path, capsys):
     good = write_jsonl(tmp_path / "good.jsonl", [rec("Kepala saya pusing berdenyut sejak bangun pagi tadi.")])
     bad = tmp_path / "bad.jsonl"
-    good = json.dumps(rec("Mual dan muntah terus setelah makan kerang semalam, apa sebabnya?"))
-    bad.write_text(good + "\n" + json.dumps({"instruction": "x", "input": "y"}) + "\n{oops\n")
+    valid = json.dumps(rec("Mual dan muntah terus setelah makan kerang semalam, apa sebabnya?"))
+    bad.write_text(valid + "\n" + json.dumps({"instruction": "x", "input": "y"}) + "\n{oops\n")
     out = tmp_path / "out.jsonl"
     assert convert.main([str(good), str(bad), "--out", str(out)]) == 2
     err = capsys.readouterr().err

@@ -42,7 +42,7 @@ def test_loss_matches_a_hand_computation_on_masked_labels(trained):
 
 def test_the_split_is_the_training_split():
     _, val, counts = load_datasets(DataArguments(data_path=str(SAMPLE), max_eval_samples=0))
-    assert select_records(str(SAMPLE)) == val and counts["val"] == 5
+    assert select_records(str(SAMPLE)) == val and counts.val == 5
     assert select_records(str(SAMPLE), limit=2) == val[:2]
 
 
