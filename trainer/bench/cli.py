@@ -31,11 +31,13 @@ from trainer.bench.inference import bench_inference
 from trainer.bench.machine import bench_machine, busy_cpu_seconds, machine_description, own_cpu_seconds
 from trainer.bench.report import log, markdown
 from trainer.bench.training import BenchError, bench_training
+from trainer.import_graph import ROOT
 from trainer.models import DEFAULT_MODEL, ModelError
 from trainer.records import DataError
 from trainer.serve.inference import InputError
 
-DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "GenMedGPT-5k-id.json")
+# The dataset beside the repository (see its README "Data"), never copied into it.
+DEFAULT_DATA = str(ROOT.parent / "shared" / "data" / "GenMedGPT-5k-id.json")
 
 PARTS = {"machine": bench_machine, "training": bench_training, "inference": bench_inference, "data": bench_data}
 

@@ -6,6 +6,7 @@ from conftest import SAMPLE, build_model, run_module
 from trainer.bench import cli
 from trainer.bench import inference as bench_inference
 from trainer.bench import report as bench_report
+from trainer.import_graph import ROOT
 
 TINY = ["--prompt_tokens", "80", "--new_tokens", "6", "--repeats", "1", "--no-compile",
         "--matmul_sizes", "64", "128", "--bandwidth_mb", "16", "--dedup_n", "100"]
@@ -87,6 +88,8 @@ def test_markdown_tables_align_numbers_right_and_format_them():
 def test_parts_are_named_functions_of_the_arguments():
     assert {"machine", "inference", "data"} <= set(cli.PARTS) and all(callable(f) for f in cli.PARTS.values())
     assert cli.parse_args([]).part == list(cli.PARTS)
+    assert cli.parse_args([]).data_path.endswith("shared/data/GenMedGPT-5k-id.json")
+    assert not cli.parse_args([]).data_path.startswith(str(ROOT) + "/")  # beside the repository, not in it
 
 
 def test_out_is_an_alias_of_output_dir():
