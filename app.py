@@ -23,6 +23,7 @@ import yaml
 from trainer.models import EMBEDDED, PROJECT_MODEL, ModelError
 from trainer.prompts import TEMPLATES
 from trainer.serve import zerogpu
+from trainer.serve.batching import BatchedChat
 from trainer.serve.inference import MAX_NEW_TOKENS, ChatModel, InputError
 from trainer.serve.openai_api import router
 
@@ -94,7 +95,8 @@ def build_app(chat: ChatModel, config: dict = DEFAULTS):
 
     app = FastAPI(title="alpaca-medis")
     app.include_router(router(chat))
-    demo = build_demo(chat, config).queue(default_concurrency_limit=1, max_size=32)
+    # As many page requests at once as the model batches (1 for a plain ChatModel, which answers one at a time).
+    demo = build_demo(chat, config).queue(default_concurrency_limit=getattr(chat, "max_batch", 1), max_size=32)
     return gr.mount_gradio_app(app, demo, path="/")
 
 
@@ -108,6 +110,9 @@ def main() -> None:
     parser.add_argument("--backend", default=None, metavar="URL",
                         help="answer through this OpenAI-compatible server (vLLM, transformers serve, ...) instead of "
                              "loading a model, e.g. http://gpu-box:8000/v1; key from $BACKEND_API_KEY or $OPENAI_API_KEY")
+    parser.add_argument("--max_batch", type=int, default=int(os.environ.get("MAX_BATCH", "8")),
+                        help="answers generated together (1 = one at a time); more wait, up to --max_waiting")
+    parser.add_argument("--max_waiting", type=int, default=32, help="requests waiting beyond that are refused (HTTP 429)")
     parser.add_argument("--backend_model", default=None, metavar="NAME", help="the --backend model (default: the first it lists)")
     args = parser.parse_args()
     if zerogpu.available():
@@ -123,6 +128,8 @@ def main() -> None:
         else:
             chat = ChatModel.load(model, args.template or config["template"], trust_remote_code=config["trust_remote_code"],
                                   revision=config["revision"])
+            if not zerogpu.available() and args.max_batch > 1:  # ZeroGPU runs each answer in its own GPU call
+                chat = BatchedChat(chat, max_batch=args.max_batch, max_waiting=args.max_waiting)
     except (ModelError, InputError) as e:  # InputError: remote.BackendError, the backend unreachable or refusing
         raise SystemExit(f"error: {e}") from None
     if zerogpu.available():

@@ -8,7 +8,8 @@ Parts (PARTS), one module each in trainer/bench/: `machine` (matmul GFLOP/s in f
 read bandwidth), `training` (padded vs --group_by_length vs --packing runs of trainer.train: learned
 tokens/s, padding, peak memory, MFU), `inference` (time to first token and decode tokens/s of
 ChatModel's streaming path against the memory-bandwidth bound, and the options that may help),
-`data` (tokenization and ROUGE-L dedup throughput on --data_path). Each part returns a dict; its
+`serving` (1, 4, 8, 16 users streaming at once through the batched serving path: aggregate and
+per-user tokens/s, time to first token p50/p95), `data` (tokenization and ROUGE-L dedup throughput on --data_path). Each part returns a dict; its
 "table" (a list of rows) becomes a markdown table, its "notes" lines go above it and "after" below
 (trainer/bench/report.py). --output_dir DIR gets bench.json (every number) and bench.md (tables
 ready for BENCHMARKS.md, with the command and the machine). Progress goes to stderr. Numbers are
@@ -30,6 +31,7 @@ from trainer.bench.data import bench_data
 from trainer.bench.inference import bench_inference
 from trainer.bench.machine import bench_machine, busy_cpu_seconds, machine_description, own_cpu_seconds
 from trainer.bench.report import log, markdown
+from trainer.bench.serving import bench_serving
 from trainer.bench.training import BenchError, bench_training
 from trainer.import_graph import ROOT
 from trainer.models import DEFAULT_MODEL, ModelError
@@ -39,7 +41,8 @@ from trainer.serve.inference import InputError
 # The dataset beside the repository (see its README "Data"), never copied into it.
 DEFAULT_DATA = str(ROOT.parent / "shared" / "data" / "GenMedGPT-5k-id.json")
 
-PARTS = {"machine": bench_machine, "training": bench_training, "inference": bench_inference, "data": bench_data}
+PARTS = {"machine": bench_machine, "training": bench_training, "inference": bench_inference, "serving": bench_serving,
+         "data": bench_data}
 
 
 def run_part(name: str, args) -> dict:
@@ -69,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompt_tokens", type=int, default=200)
     parser.add_argument("--new_tokens", type=int, default=128, help="greedy tokens per timed generation (EOS ignored)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per variant; the best counts")
+    parser.add_argument("--users", type=int, nargs="+", default=[1, 4, 8, 16],
+                        help="serving: concurrent users per round (each streams --new_tokens tokens)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure the torch.compile variant (minutes of compiling on a CPU)")
     parser.add_argument("--max_length", type=int, default=512, help="max length of training examples (as trainer.train)")

@@ -1,0 +1,272 @@
+"""Concurrent chats share forward passes: requests that wait together are answered by one batched generate().
+
+    chat = BatchedChat.load("alpaca-medis-270m", max_batch=8, max_waiting=32)
+    for text in chat.stream("Saya demam tiga hari.", stats=stats): ...      # from many threads at once
+
+A worker takes up to `max_batch` waiting requests with the same generation settings, left-pads their prompts
+and runs one `generate()` on TORCH_THREAD. Every row streams to its own reader; a row stops on its own EOS, its
+own `max_new_tokens`, a stop marker, or when its reader closes the stream (the stop button, a client that
+disconnects): a per-row stopping criterion, so the other rows go on. Requests arriving meanwhile wait for the
+next batch; beyond `max_waiting` of them a request is refused with `BusyError` (HTTP 429 on /v1).
+
+Why not transformers' continuous batching (`init_continuous_batching`): it admits requests between steps, but
+has no per-request repetition penalty (the page's default is 1.1) and runs its own thread beside TORCH_THREAD
+(a second OpenMP team, which slows both on a small CPU). Batches that form while one runs give the
+throughput on the machines this demo targets; BENCHMARKS.md ("Serving") has the numbers.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from trainer.serve.inference import (
+    BusyError,
+    ChatModel,
+    GenerationStats,
+    _cut_at_marker,
+    _without_marker_start,
+    on_torch_thread,
+)
+
+logger = logging.getLogger(__name__)
+_END = None  # queued after a row's last token
+
+
+@dataclass
+class _Request:
+    prompt: str
+    prompt_tokens: int
+    history_turns_dropped: int
+    max_new_tokens: int
+    settings: tuple  # (temperature, top_p, repetition_penalty, min_new_tokens): one batch shares them
+    tokens: queue.Queue = field(default_factory=queue.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)  # its row has ended (or it never ran)
+    new_tokens: int = 0
+    eos: bool = False
+    error: Exception | None = None  # generate() failed for the batch
+    created: float = field(default_factory=time.perf_counter)
+
+
+class _Rows:
+    """Streamer and stopping criterion of one batched generate(): routes each step's tokens to the rows' readers."""
+
+    def __init__(self, requests: list[_Request], eos_token_id: int, prompt_width: int):
+        self.requests, self.eos, self.width = requests, eos_token_id, prompt_width
+        self.ended = [False] * len(requests)
+        self.ending = [False] * len(requests)  # stopped by the criterion: ends after this step's token
+        self.prompt_seen = False
+
+    # BaseStreamer interface: generate() calls put() with the prompt first, then with each step's tokens.
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for i, token in enumerate(value.view(-1).tolist()):
+            if self.ended[i]:
+                continue  # a finished row is padded from here on
+            request = self.requests[i]
+            request.new_tokens += 1
+            if token == self.eos:
+                request.eos = True
+                self._end(i)
+                continue
+            request.tokens.put(token)
+            if self.ending[i]:
+                self._end(i)
+
+    def end(self) -> None:
+        for i in range(len(self.requests)):
+            self._end(i)
+
+    def _end(self, i: int) -> None:
+        if not self.ended[i]:
+            self.ended[i] = True
+            self.requests[i].tokens.put(_END)
+            self.requests[i].done.set()
+
+    # StoppingCriteria interface: True for the rows that are finished. generate() asks it after appending a step's
+    # tokens and before streaming them, so a row that stops here still gets this step's token.
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        made = input_ids.shape[1] - self.width
+        stop = []
+        for i, request in enumerate(self.requests):
+            if request.cancelled.is_set() or made >= request.max_new_tokens:
+                self.ending[i] = True
+            stop.append(self.ended[i] or self.ending[i])
+        return torch.tensor(stop, dtype=torch.bool, device=input_ids.device)
+
+
+class BatchedChat:
+    """A ChatModel served to many readers at once (same `stream` interface, one batched generate() per batch)."""
+
+    def __init__(self, chat: ChatModel, max_batch: int = 8, max_waiting: int = 32, start: bool = True):
+        self.chat, self.max_batch, self.max_waiting = chat, max(1, max_batch), max(0, max_waiting)
+        self.name, self.base = chat.name, chat.base
+        self.settings = f"{chat.settings}, batches of up to {self.max_batch}"
+        self.last = GenerationStats()
+        self.waiting: collections.deque[_Request] = collections.deque()
+        self.running = 0
+        self.cond = threading.Condition()
+        self.closed = False
+        self.batch_sizes: list[int] = []  # one entry per generate() call
+        self.worker = threading.Thread(target=self._loop, name="batcher", daemon=True)
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start answering (tests start late to see several waiting requests form one batch)."""
+        self.worker.start()
+
+    @classmethod
+    def load(cls, name: str, template: str | None = None, max_batch: int = 8, max_waiting: int = 32, **kwargs) -> BatchedChat:
+        return cls(ChatModel.load(name, template, **kwargs), max_batch, max_waiting)
+
+    def __getattr__(self, attr):  # model, tokenizer, prompt, context_length, ...: the wrapped ChatModel's
+        if attr == "chat":  # not set yet (during __init__): no recursion
+            raise AttributeError(attr)
+        return getattr(self.chat, attr)
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+        self.worker.join(timeout=30)
+
+    # ------------------------------------------------------------------------------------- readers
+
+    def stream(self, message: str, history: list[dict] | None = None, max_new_tokens: int = 256,
+               temperature: float = 0.0, top_p: float = 1.0, repetition_penalty: float = 1.0,
+               stats: GenerationStats | None = None, min_new_tokens: int = 0):
+        """Yield the growing answer text, as ChatModel.stream does; raises BusyError when the queue is full."""
+        max_new_tokens = self.chat.bounded_new_tokens(max_new_tokens)
+        text, prompt_tokens, dropped = self.chat.prompt(message, history, max_new_tokens)
+        settings = (float(temperature), float(top_p) if temperature > 0 else 1.0, float(repetition_penalty),
+                    min(int(min_new_tokens), max_new_tokens))
+        request = _Request(text, prompt_tokens, dropped, max_new_tokens, settings)
+        self._admit(request)
+        ending, first = None, None
+        try:
+            ending, first = yield from self._texts(request)
+        finally:
+            request.cancelled.set()  # its row stops within a step; a request still waiting is skipped
+            self._withdraw(request)
+            request.done.wait()
+            result = GenerationStats(
+                prompt_tokens=prompt_tokens, new_tokens=request.new_tokens, history_turns_dropped=dropped,
+                finish=("marker" if ending == "marker" else "stopped" if ending is None else
+                        "eos" if request.eos else "length"),
+                seconds_to_first_token=first, seconds=time.perf_counter() - request.created)
+            self.last = result
+            if stats is not None:
+                stats.__dict__.update(result.__dict__)
+        if request.error is not None:
+            raise request.error
+
+    def _admit(self, request: _Request) -> None:
+        with self.cond:
+            if self.closed:
+                raise BusyError("The server is shutting down. Retry in a moment.")
+            if len(self.waiting) >= self.max_waiting:
+                raise BusyError(f"The server is busy: {self.running} answers are being written and {len(self.waiting)} "
+                                "more are waiting. Retry in a few seconds.")
+            self.waiting.append(request)
+            self.cond.notify_all()
+
+    def _withdraw(self, request: _Request) -> None:
+        with self.cond:
+            if request in self.waiting:
+                self.waiting.remove(request)
+                request.done.set()
+
+    def _texts(self, request: _Request):
+        """The growing text of a row, cut at a stop marker; returns (ending, seconds to first text)."""
+        ids, answer, first = [], "", None
+        while True:
+            token = request.tokens.get()
+            if token is _END:
+                if ids:  # the whole answer, with any tail held back above (as ChatModel.stream ends)
+                    yield answer
+                return "exhausted", first
+            ids.append(token)
+            answer = self.chat.tokenizer.decode(ids, skip_special_tokens=True)
+            if answer.endswith("\ufffd"):  # half of a character: wait for the rest
+                continue
+            if first is None:
+                first = time.perf_counter() - request.created
+            cut = _cut_at_marker(answer)
+            if cut is not None:
+                yield cut
+                return "marker", first
+            visible = _without_marker_start(answer)
+            if visible:
+                yield visible
+
+    # --------------------------------------------------------------------------------------- worker
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                while not self.waiting and not self.closed:
+                    self.cond.wait()
+                if self.closed:
+                    for request in self.waiting:
+                        request.done.set()
+                        request.tokens.put(_END)
+                    return
+                batch = self._next_batch()
+                self.running = len(batch)
+                self.batch_sizes.append(len(batch))
+            try:
+                on_torch_thread(self._generate, batch)
+            except Exception as e:  # every reader of the batch learns it; the worker serves the next batch
+                logger.exception("batched generation failed")
+                for request in batch:
+                    request.error = e
+            finally:
+                for request in batch:
+                    request.tokens.put(_END)
+                    request.done.set()
+                with self.cond:
+                    self.running = 0
+
+    def _next_batch(self) -> list[_Request]:
+        """The oldest waiting request and up to max_batch - 1 more with its settings, oldest first."""
+        settings = self.waiting[0].settings
+        batch = [r for r in self.waiting if r.settings == settings and not r.cancelled.is_set()][: self.max_batch]
+        for request in [r for r in self.waiting if r.cancelled.is_set()]:
+            self.waiting.remove(request)
+            request.done.set()
+        for request in batch:
+            self.waiting.remove(request)
+        return batch
+
+    def _generate(self, batch: list[_Request]) -> None:
+        if not batch:
+            return
+        from transformers import StoppingCriteriaList
+
+        tokenizer, model = self.chat.tokenizer, self.chat.model
+        pad = self.chat._pad_token_id
+        encoded = tokenizer([r.prompt for r in batch], add_special_tokens=False)["input_ids"]
+        width = max(map(len, encoded))
+        # Left padding, so every row's next token comes right after its own prompt.
+        input_ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=model.device)
+        attention_mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=model.device)
+        rows = _Rows(batch, tokenizer.eos_token_id, width)
+        temperature, top_p, repetition_penalty, min_new_tokens = batch[0].settings
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+        with torch.inference_mode():
+            model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                           max_new_tokens=max(r.max_new_tokens for r in batch), min_new_tokens=min_new_tokens,
+                           repetition_penalty=repetition_penalty, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
+                           streamer=rows, stopping_criteria=StoppingCriteriaList([rows]), **sampling,
+                           **self.chat.generate_options)
+
