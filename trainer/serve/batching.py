@@ -50,19 +50,24 @@ class _Request:
     cancelled: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)  # its row has ended (or it never ran)
     new_tokens: int = 0
+    generated: list[int] = field(default_factory=list)  # its tokens so far: a paused row resumes from them
     eos: bool = False
     error: Exception | None = None  # generate() failed for the batch
     created: float = field(default_factory=time.perf_counter)
 
 
 class _Rows:
-    """Streamer and stopping criterion of one batched generate(): routes each step's tokens to the rows' readers."""
+    """Streamer and stopping criterion of one batched generate(): routes each step's tokens to the rows' readers.
+    `pause_after(steps)` ends the whole generate() between two steps without ending its rows: the worker then
+    resumes them, together with requests that arrived meanwhile, in the next batch."""
 
-    def __init__(self, requests: list[_Request], eos_token_id: int, prompt_width: int):
-        self.requests, self.eos, self.width = requests, eos_token_id, prompt_width
+    def __init__(self, requests: list[_Request], eos_token_id: int, pause: threading.Event, min_steps: int):
+        self.requests, self.eos = requests, eos_token_id
         self.ended = [False] * len(requests)
         self.ending = [False] * len(requests)  # stopped by the criterion: ends after this step's token
         self.prompt_seen = False
+        self.pause, self.min_steps, self.steps = pause, min_steps, 0
+        self.paused = False
 
     # BaseStreamer interface: generate() calls put() with the prompt first, then with each step's tokens.
     def put(self, value: torch.Tensor) -> None:
@@ -78,13 +83,18 @@ class _Rows:
                 request.eos = True
                 self._end(i)
                 continue
+            request.generated.append(token)
             request.tokens.put(token)
             if self.ending[i]:
                 self._end(i)
 
+    def unfinished(self) -> list[_Request]:
+        return [r for r, ended in zip(self.requests, self.ended) if not ended]
+
     def end(self) -> None:
-        for i in range(len(self.requests)):
-            self._end(i)
+        if not self.paused:
+            for i in range(len(self.requests)):
+                self._end(i)
 
     def _end(self, i: int) -> None:
         if not self.ended[i]:
@@ -95,12 +105,16 @@ class _Rows:
     # StoppingCriteria interface: True for the rows that are finished. generate() asks it after appending a step's
     # tokens and before streaming them, so a row that stops here still gets this step's token.
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        made = input_ids.shape[1] - self.width
+        self.steps += 1
         stop = []
         for i, request in enumerate(self.requests):
-            if request.cancelled.is_set() or made >= request.max_new_tokens:
+            # This step's token is not counted yet (it is streamed after this call).
+            if request.cancelled.is_set() or request.new_tokens + 1 >= request.max_new_tokens:
                 self.ending[i] = True
             stop.append(self.ended[i] or self.ending[i])
+        if self.pause.is_set() and self.steps >= self.min_steps and not all(stop):
+            self.paused = True  # every row stops here; the unfinished ones are resumed, not ended
+            stop = [True] * len(stop)
         return torch.tensor(stop, dtype=torch.bool, device=input_ids.device)
 
 
@@ -116,7 +130,12 @@ class BatchedChat:
         self.running = 0
         self.cond = threading.Condition()
         self.closed = False
+        # A running batch with free rows pauses for newcomers after this many steps (each pause recomputes the
+        # paused rows' prompts and answers so far in one batched prefill, far cheaper per token than decoding).
+        self.min_steps_before_pause = 4
+        self.gather_seconds = 0.02
         self.batch_sizes: list[int] = []  # one entry per generate() call
+        self.pause = threading.Event()  # set when requests wait while a batch with free rows runs
         self.worker = threading.Thread(target=self._loop, name="batcher", daemon=True)
         if start:
             self.start()
@@ -178,6 +197,8 @@ class BatchedChat:
                 raise BusyError(f"The server is busy: {self.running} answers are being written and {len(self.waiting)} "
                                 "more are waiting. Retry in a few seconds.")
             self.waiting.append(request)
+            if 0 < self.running < self.max_batch:
+                self.pause.set()
             self.cond.notify_all()
 
     def _withdraw(self, request: _Request) -> None:
@@ -221,24 +242,32 @@ class BatchedChat:
                         request.done.set()
                         request.tokens.put(_END)
                     return
+                if len(self.waiting) < self.max_batch:
+                    self.cond.wait(self.gather_seconds)  # requests sent together are answered together
                 batch = self._next_batch()
                 self.running = len(batch)
                 self.batch_sizes.append(len(batch))
+                self.pause.clear()
+            resumed = []
             try:
-                on_torch_thread(self._generate, batch)
+                resumed = on_torch_thread(self._generate, batch)
             except Exception as e:  # every reader of the batch learns it; the worker serves the next batch
                 logger.exception("batched generation failed")
                 for request in batch:
                     request.error = e
             finally:
-                for request in batch:
-                    request.tokens.put(_END)
-                    request.done.set()
                 with self.cond:
                     self.running = 0
+                    self.waiting.extendleft(reversed(resumed))  # first in the next batch, in their order
+                for request in batch:
+                    if request not in resumed:
+                        request.tokens.put(_END)
+                        request.done.set()
 
     def _next_batch(self) -> list[_Request]:
         """The oldest waiting request and up to max_batch - 1 more with its settings, oldest first."""
+        if not self.waiting:
+            return []
         settings = self.waiting[0].settings
         batch = [r for r in self.waiting if r.settings == settings and not r.cancelled.is_set()][: self.max_batch]
         for request in [r for r in self.waiting if r.cancelled.is_set()]:
@@ -248,25 +277,28 @@ class BatchedChat:
             self.waiting.remove(request)
         return batch
 
-    def _generate(self, batch: list[_Request]) -> None:
+    def _generate(self, batch: list[_Request]) -> list[_Request]:
+        """One generate() over `batch`; returns the rows paused before their end, to resume."""
         if not batch:
-            return
+            return []
         from transformers import StoppingCriteriaList
 
         tokenizer, model = self.chat.tokenizer, self.chat.model
         pad = self.chat._pad_token_id
-        encoded = tokenizer([r.prompt for r in batch], add_special_tokens=False)["input_ids"]
+        # A resumed row continues from its prompt and the tokens it has made, recomputed in this batch's prefill.
+        encoded = [e + r.generated for e, r in zip(tokenizer([r.prompt for r in batch], add_special_tokens=False)["input_ids"], batch)]
         width = max(map(len, encoded))
         # Left padding, so every row's next token comes right after its own prompt.
         input_ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=model.device)
         attention_mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=model.device)
-        rows = _Rows(batch, tokenizer.eos_token_id, width)
+        rows = _Rows(batch, tokenizer.eos_token_id, self.pause, self.min_steps_before_pause)
         temperature, top_p, repetition_penalty, min_new_tokens = batch[0].settings
         sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
         with torch.inference_mode():
             model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                           max_new_tokens=max(r.max_new_tokens for r in batch), min_new_tokens=min_new_tokens,
+                           max_new_tokens=max(r.max_new_tokens - r.new_tokens for r in batch), min_new_tokens=min_new_tokens,
                            repetition_penalty=repetition_penalty, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
                            streamer=rows, stopping_criteria=StoppingCriteriaList([rows]), **sampling,
                            **self.chat.generate_options)
+        return rows.unfinished() if rows.paused else []
 

@@ -118,3 +118,71 @@ def test_settings_that_differ_go_to_different_batches(chat):
         t.join(timeout=60)
     assert sorted(batched.batch_sizes) == [1, 1] and set(out) == {"greedy", "penalty"}
     batched.close()
+
+
+def test_the_app_serves_concurrent_clients_in_shared_batches(chat):
+    """Eight openai clients at once against app.py's server with a BatchedChat: every answer is the greedy one
+    alone, and they were answered in batches of more than one."""
+    import socket
+
+    import uvicorn
+    from openai import OpenAI
+
+    import app
+
+    expected = {q: chat.answer(q, max_new_tokens=12, **GREEDY) for q in QUESTIONS}
+    batched = BatchedChat(chat, max_batch=8)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app.build_app(batched), host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    wait_for(lambda: server.started)
+    client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+    questions = QUESTIONS * 2
+    answers = [None] * len(questions)
+
+    def ask(i):
+        reply = client.chat.completions.create(model=batched.name, messages=[{"role": "user", "content": questions[i]}],
+                                               max_tokens=12, temperature=0)
+        answers[i] = reply.choices[0].message.content
+
+    try:
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(questions))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    finally:
+        server.should_exit = True
+        batched.close()
+    assert answers == [expected[q] for q in questions]
+    assert max(batched.batch_sizes) > 1  # shared forward passes (a paused batch resumes inside a later one)
+
+
+def test_a_running_batch_pauses_for_newcomers_and_its_answer_is_unchanged(chat):
+    long_q, late = QUESTIONS[1], [QUESTIONS[0], QUESTIONS[3]]
+    expected = {q: chat.answer(q, max_new_tokens=40, **GREEDY) for q in [long_q, *late]}
+    batched = BatchedChat(chat, max_batch=8)
+    answers, started = {}, threading.Event()
+
+    def ask(q):
+        texts = []
+        for text in batched.stream(q, max_new_tokens=40, **GREEDY):
+            texts.append(text)
+            if len(texts) == 3:
+                started.set()
+        answers[q] = texts[-1]
+
+    first = threading.Thread(target=ask, args=(long_q,))
+    first.start()
+    assert started.wait(60)
+    others = [threading.Thread(target=ask, args=(q,)) for q in late]
+    for t in others:
+        t.start()
+    for t in [first, *others]:
+        t.join(timeout=120)
+    batched.close()
+    # The first request ran alone, then was paused and resumed beside the two newcomers.
+    assert batched.batch_sizes[0] == 1 and 3 in batched.batch_sizes, batched.batch_sizes
+    assert answers == expected
