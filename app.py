@@ -24,7 +24,7 @@ from trainer.models import EMBEDDED, PROJECT_MODEL, ModelError
 from trainer.prompts import TEMPLATES
 from trainer.serve import zerogpu
 from trainer.serve.batching import BatchedChat
-from trainer.serve.inference import MAX_NEW_TOKENS, ChatModel, InputError
+from trainer.serve.inference import MAX_NEW_TOKENS, BusyError, ChatModel, InputError
 from trainer.serve.openai_api import router
 
 HERE = Path(__file__).parent
@@ -66,7 +66,7 @@ def build_demo(chat: ChatModel, config: dict = DEFAULTS) -> gr.ChatInterface:
         try:
             yield from chat.stream(message, turns, max_new_tokens=max_new_tokens, temperature=temperature,
                                    top_p=top_p, repetition_penalty=repetition_penalty)
-        except InputError as e:
+        except (InputError, BusyError) as e:  # the message says what to do (shorten it, retry shortly)
             raise gr.Error(str(e)) from None
         except Exception as e:  # shown in the UI; the server keeps serving
             raise gr.Error(f"Generation failed: {type(e).__name__}: {e}") from None
