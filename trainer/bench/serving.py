@@ -40,6 +40,7 @@ def run_round(chat, users: int, new_tokens: int) -> dict:
     stats = [GenerationStats() for _ in range(users)]
     firsts: list[float | None] = [None] * users
     errors: list[str] = []
+    batches_before = len(getattr(chat, "batch_sizes", []))
     start = time.perf_counter()
 
     def user(i: int, question: str) -> None:
@@ -62,7 +63,7 @@ def run_round(chat, users: int, new_tokens: int) -> dict:
     return {"users": users, "new_tokens": tokens, "seconds": wall, "aggregate_tokens_per_s": tokens / wall,
             "per_user_tokens_per_s": statistics.mean(per_user) if per_user else None,
             "ttft_p50_s": percentile(ttft, 0.5) if ttft else None, "ttft_p95_s": percentile(ttft, 0.95) if ttft else None,
-            "errors": errors}
+            "errors": errors, "batch_sizes": list(getattr(chat, "batch_sizes", []))[batches_before:]}
 
 
 def bench_serving(args) -> dict:
@@ -81,7 +82,7 @@ def bench_serving(args) -> dict:
         "users": r["users"], "aggregate tok/s": r["aggregate_tokens_per_s"],
         "vs 1 user": r["aggregate_tokens_per_s"] / one if one else None,
         "tok/s per user": r["per_user_tokens_per_s"], "TTFT p50 (s)": r["ttft_p50_s"], "TTFT p95 (s)": r["ttft_p95_s"],
-        "wall (s)": r["seconds"], "errors": len(r["errors"]),
+        "wall (s)": r["seconds"], "batches": " ".join(map(str, r["batch_sizes"])), "errors": len(r["errors"]),
     } for r in rounds]
     notes = [f"Model {args.model} ({chat.settings}); each user streams one answer of {args.new_tokens} greedy tokens "
              "(EOS ignored) to a different question from data/sample.jsonl, all users starting together."]

@@ -242,8 +242,13 @@ class BatchedChat:
                         request.done.set()
                         request.tokens.put(_END)
                     return
-                if len(self.waiting) < self.max_batch:
-                    self.cond.wait(self.gather_seconds)  # requests sent together are answered together
+                # Requests sent together are answered together: gather while they keep arriving (a short while).
+                deadline = time.perf_counter() + 5 * self.gather_seconds
+                while len(self.waiting) < self.max_batch and time.perf_counter() < deadline:
+                    seen = len(self.waiting)
+                    self.cond.wait(self.gather_seconds)
+                    if len(self.waiting) == seen:
+                        break
                 batch = self._next_batch()
                 self.running = len(batch)
                 self.batch_sizes.append(len(batch))

@@ -135,6 +135,10 @@ class _OneTokenStepsWithoutOneDNN:
             torch.backends.mkldnn.enabled, self.saved = self.saved, None
 
 
+def _contiguous_input(module, args):
+    return (args[0].contiguous(), *args[1:])
+
+
 def _load_model_for_speed(name, device, dtype, onednn_for_one_token, trust_remote_code, revision):
     """(model, settings): the model in `dtype`, else the fastest here, with oneDNN off for one-token steps where that is faster."""
     on_cpu = torch.device(device).type == "cpu"
@@ -153,6 +157,13 @@ def _load_model_for_speed(name, device, dtype, onednn_for_one_token, trust_remot
         measured.append(why)
     if onednn_for_one_token is False:
         _OneTokenStepsWithoutOneDNN(model)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if on_cpu and head is not None:
+        # generate() asks for the last position's logits only, a strided view of the hidden states; on the CPU a
+        # bf16 linear layer over a non-contiguous input leaves oneDNN for a kernel ~200x slower (for Gemma's
+        # 262k-word head ~0.9 s per prompt, ~6 s for a batch of 8; BENCHMARKS.md, "Serving"). A copy costs
+        # nothing in comparison.
+        head.register_forward_pre_hook(_contiguous_input)
     settings = f"{device}, {str(dtype).removeprefix('torch.')}" + (
         ", one-token steps without oneDNN" if onednn_for_one_token is False else "")
     logger.info("%s: %s (%s)", name, settings, "; ".join(measured) or "as asked")
