@@ -60,6 +60,8 @@ class RemoteChat:
     """A chat model behind an OpenAI-compatible server; `stream()` as ChatModel.stream."""
 
     base: str | None = None  # never a LoRA adapter of ours: whatever the server runs is one model
+    # The engine schedules and batches; the page forwards this many chats to it at once (app.py's queue).
+    max_batch = 16
 
     def __init__(self, url: str, model: str, timeout: float = 120.0, connect_timeout: float = 10.0,
                  api_key: str | None = None):
