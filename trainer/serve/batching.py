@@ -30,9 +30,9 @@ from trainer.serve.inference import (
     BusyError,
     ChatModel,
     GenerationStats,
-    _cut_at_marker,
-    _without_marker_start,
+    last_text,
     on_torch_thread,
+    visible_texts,
 )
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,8 @@ class _Request:
     generated: list[int] = field(default_factory=list)  # its tokens so far: a paused row resumes from them
     eos: bool = False
     error: Exception | None = None  # generate() failed for the batch
+    ending: str | None = None  # "marker" or "exhausted" once the reader has seen the end; None if it left
+    seconds_to_first_text: float | None = None
     created: float = field(default_factory=time.perf_counter)
 
 
@@ -171,18 +173,17 @@ class BatchedChat:
                     min(int(min_new_tokens), max_new_tokens))
         request = _Request(text, prompt_tokens, dropped, max_new_tokens, settings)
         self._admit(request)
-        ending, first = None, None
         try:
-            ending, first = yield from self._texts(request)
+            yield from visible_texts(self._growing(request), lambda ending: setattr(request, "ending", ending))
         finally:
             request.cancelled.set()  # its row stops within a step; a request still waiting is skipped
             self._withdraw(request)
             request.done.wait()
             result = GenerationStats(
                 prompt_tokens=prompt_tokens, new_tokens=request.new_tokens, history_turns_dropped=dropped,
-                finish=("marker" if ending == "marker" else "stopped" if ending is None else
+                finish=("marker" if request.ending == "marker" else "stopped" if request.ending is None else
                         "eos" if request.eos else "length"),
-                seconds_to_first_token=first, seconds=time.perf_counter() - request.created)
+                seconds_to_first_token=request.seconds_to_first_text, seconds=time.perf_counter() - request.created)
             self.last = result
             if stats is not None:
                 stats.__dict__.update(result.__dict__)
@@ -207,28 +208,25 @@ class BatchedChat:
                 self.waiting.remove(request)
                 request.done.set()
 
-    def _texts(self, request: _Request):
-        """The growing text of a row, cut at a stop marker; returns (ending, seconds to first text)."""
-        ids, answer, first = [], "", None
-        while True:
-            token = request.tokens.get()
-            if token is _END:
-                if ids:  # the whole answer, with any tail held back above (as ChatModel.stream ends)
-                    yield answer
-                return "exhausted", first
+    def answer(self, message: str, history: list[dict] | None = None, **kwargs) -> str:
+        return last_text(self.stream(message, history, **kwargs))
+
+    def _growing(self, request: _Request):
+        """The row's whole answer so far, decoded after each token. A token that ends inside a character waits for
+        the rest; at the very end the answer is shown as it is, as ChatModel shows it."""
+        ids, held = [], None
+        while (token := request.tokens.get()) is not _END:
             ids.append(token)
             answer = self.chat.tokenizer.decode(ids, skip_special_tokens=True)
-            if answer.endswith("\ufffd"):  # half of a character: wait for the rest
+            if answer.endswith("\ufffd"):
+                held = answer
                 continue
-            if first is None:
-                first = time.perf_counter() - request.created
-            cut = _cut_at_marker(answer)
-            if cut is not None:
-                yield cut
-                return "marker", first
-            visible = _without_marker_start(answer)
-            if visible:
-                yield visible
+            held = None
+            if request.seconds_to_first_text is None:
+                request.seconds_to_first_text = time.perf_counter() - request.created
+            yield answer
+        if held is not None:
+            yield held
 
     # --------------------------------------------------------------------------------------- worker
 

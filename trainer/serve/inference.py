@@ -271,8 +271,7 @@ class ChatModel:
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     def answer(self, message: str, history: list[dict] | None = None, **kwargs) -> str:
-        last = collections.deque(self.stream(message, history, **kwargs), maxlen=1)  # reads the stream to its end
-        return last[0] if last else ""
+        return last_text(self.stream(message, history, **kwargs))
 
     def answer_batch(self, conversations: list[list[dict]], max_new_tokens: int = 256) -> list[tuple[str, str]]:
         """Greedy answers to several conversations (each ends with a user message) in one generate() call,
@@ -341,23 +340,16 @@ class _Generation:
             self.streamer.end()
 
     def texts(self):
-        """The growing answer as the streamer releases it: cut at a stop marker, which ends the reading, and
-        holding back a tail that may be the start of one."""
+        """The answer as the streamer releases it, shown as `visible_texts` shows it."""
+        yield from visible_texts(self._growing(), lambda ending: setattr(self, "ending", ending))
+
+    def _growing(self):
         answer = ""
         for piece in self.streamer:
             if self.seconds_to_first_token is None:
                 self.seconds_to_first_token = time.perf_counter() - self.started
             answer += piece
-            shortened = _cut_at_marker(answer)
-            if shortened is not None:
-                self.ending = "marker"
-                yield shortened
-                return
-            visible = _without_marker_start(answer)
-            if visible:
-                yield visible
-        self.ending = "exhausted"
-        yield answer
+            yield answer
 
     def stop_and_wait(self) -> None:
         """End generation within a step (if it still runs) and wait for it."""
@@ -373,6 +365,31 @@ class _Generation:
         return GenerationStats(prompt_tokens=prompt_tokens, new_tokens=new_tokens, finish=finish,
                                history_turns_dropped=history_turns_dropped,
                                seconds_to_first_token=self.seconds_to_first_token, seconds=self.seconds)
+
+
+def visible_texts(growing, ended):
+    """What a reader sees of a growing answer (each item of `growing` is the whole answer so far): cut at a stop
+    marker, which ends the reading, and holding back a tail that may be the start of one; at the end the whole
+    answer. `ended("marker" | "exhausted")` is called before the last text, so a reader that stops there has
+    still seen why the answer ended. One home for ChatModel, BatchedChat and RemoteChat."""
+    answer = ""
+    for answer in growing:
+        shortened = _cut_at_marker(answer)
+        if shortened is not None:
+            ended("marker")
+            yield shortened
+            return
+        visible = _without_marker_start(answer)
+        if visible:
+            yield visible
+    ended("exhausted")
+    yield answer
+
+
+def last_text(texts) -> str:
+    """The last of a stream of growing texts, the stream read to its end ("" if it yielded none)."""
+    last = collections.deque(texts, maxlen=1)
+    return last[0] if last else ""
 
 
 def _without_marker_start(text: str) -> str:

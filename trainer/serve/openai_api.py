@@ -25,7 +25,6 @@ that wait can never take every thread from those that stream (Starlette's shared
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import math
@@ -40,7 +39,15 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect
 
-from trainer.serve.inference import MAX_INPUT_CHARS, MAX_NEW_TOKENS, BusyError, ChatModel, GenerationStats, InputError
+from trainer.serve.inference import (
+    MAX_INPUT_CHARS,
+    MAX_NEW_TOKENS,
+    BusyError,
+    ChatModel,
+    GenerationStats,
+    InputError,
+    last_text,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -166,8 +173,7 @@ async def _complete(chat: ChatModel, request: Request, waiting: anyio.CapacityLi
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     def whole():
-        last = collections.deque(chat.stream(message, history, stats=stats, **kwargs), maxlen=1)  # read to the end
-        return last[0] if last else ""
+        return last_text(chat.stream(message, history, stats=stats, **kwargs))
 
     text = await _generating(waiting, whole)
     return {

@@ -21,7 +21,6 @@ RemoteChat has what app.py and openai_api.py use of a ChatModel (`name`, `base`,
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import email.utils
 import json
@@ -37,8 +36,8 @@ from trainer.serve.inference import (
     BusyError,
     GenerationStats,
     InputError,
-    _cut_at_marker,
-    _without_marker_start,
+    last_text,
+    visible_texts,
 )
 
 logger = logging.getLogger(__name__)
@@ -114,8 +113,11 @@ class RemoteChat:
         max_new_tokens = max(1, min(int(max_new_tokens), MAX_NEW_TOKENS))
         started = time.perf_counter()
         response = self._open(messages, max_new_tokens, temperature, top_p, repetition_penalty)
-        answer, ending, finish_reason, usage, chunks, first = "", None, None, None, 0, None
-        try:
+        ending, finish_reason, usage, chunks, first = None, None, None, 0, None
+
+        def growing():
+            nonlocal finish_reason, usage, chunks, first
+            answer = ""
             with self._errors():
                 for chunk in response:
                     usage = chunk.usage or usage
@@ -128,16 +130,15 @@ class RemoteChat:
                         if first is None:
                             first = time.perf_counter() - started
                         answer += piece
-                        shortened = _cut_at_marker(answer)
-                        if shortened is not None:  # the model started a new turn: the answer ends, the stream closes
-                            ending = "marker"
-                            yield shortened
-                            return
-                        visible = _without_marker_start(answer)
-                        if visible:
-                            yield visible
-            ending = "exhausted"
-            yield answer
+                        yield answer
+
+        def ended(how: str) -> None:
+            nonlocal ending
+            ending = how
+
+        try:
+            # At a marker the model started a new turn: the answer ends, and the stream closes below.
+            yield from visible_texts(growing(), ended)
         finally:
             # Reached on completion, on a marker, on an error, and when the reader closes us (stop button).
             response.close()
@@ -151,8 +152,7 @@ class RemoteChat:
                 stats.__dict__.update(self.last.__dict__)
 
     def answer(self, message: str, history: list[dict] | None = None, **kwargs) -> str:
-        last = collections.deque(self.stream(message, history, **kwargs), maxlen=1)  # reads the stream to its end
-        return last[0] if last else ""
+        return last_text(self.stream(message, history, **kwargs))
 
     def _open(self, messages: list[dict], max_new_tokens: int, temperature: float, top_p: float,
               repetition_penalty: float) -> openai.Stream:
