@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,27 @@ REAL_DATA = ROOT.parent / "shared" / "data" / "GenMedGPT-5k-id.json"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(asgi_app, what: str = "server"):
+    """Serve `asgi_app` with uvicorn on a free loopback port, in a thread: (http://127.0.0.1:PORT, server).
+    Set `server.should_exit = True` to stop it."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(asgi_app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert time.time() < deadline, f"{what} did not start"
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}", server
 
 
 def sample_records() -> list[dict]:

@@ -1,18 +1,14 @@
 """The demo as a user meets it: a real server on 127.0.0.1 (Gradio UI + OpenAI API), driven through
 gradio_client and the real openai client."""
 
-import socket
-import threading
-import time
 
 import pytest
 import torch
-import uvicorn
 from gradio_client import Client
 from openai import BadRequestError, OpenAI
 
 import app
-from conftest import SAMPLE, run_module
+from conftest import SAMPLE, run_module, start_server
 from trainer.prompts import get_template
 from trainer.serve.inference import ChatModel
 
@@ -31,22 +27,9 @@ def trained(tiny_llama, tmp_path_factory):
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def serve(chat: ChatModel, config: dict = app.DEFAULTS):
     """Start app.build_app on a free port in a thread; returns (url, server)."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app.build_app(chat, config), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert time.time() < deadline, "server did not start"
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{port}", server
+    return start_server(app.build_app(chat, config))
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 
+from conftest import start_server
 from trainer.serve.batching import BatchedChat
 from trainer.serve.inference import BusyError, ChatModel, GenerationStats
 
@@ -27,21 +28,25 @@ def wait_for(predicate, seconds=60):
         time.sleep(0.01)
 
 
+def run_together(batched, threads, seconds=120):
+    """Start the readers' threads; the worker starts once all of them wait, so they form one batch."""
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(batched.waiting) == len(threads))
+    batched.start()
+    for t in threads:
+        t.join(timeout=seconds)
+
+
 def ask_together(batched, questions, **options):
-    """Each question from its own thread; the worker starts once all wait, so they form one batch."""
+    """Each question from its own thread, answered in one batch."""
     answers, stats = [None] * len(questions), [GenerationStats() for _ in questions]
 
     def ask(i):
         texts = list(batched.stream(questions[i], stats=stats[i], **options))
         answers[i] = texts[-1] if texts else ""
 
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(questions))]
-    for t in threads:
-        t.start()
-    wait_for(lambda: len(batched.waiting) == len(questions))
-    batched.start()
-    for t in threads:
-        t.join(timeout=120)
+    run_together(batched, [threading.Thread(target=ask, args=(i,)) for i in range(len(questions))])
     return answers, stats
 
 
@@ -72,13 +77,7 @@ def test_closing_one_stream_stops_only_its_row(chat):
                 break  # the stop button: the generator is closed
         done[i] = texts
 
-    threads = [threading.Thread(target=reader, args=(0, 3)), threading.Thread(target=reader, args=(1, 10**6))]
-    for t in threads:
-        t.start()
-    wait_for(lambda: len(batched.waiting) == 2)
-    batched.start()
-    for t in threads:
-        t.join(timeout=120)
+    run_together(batched, [threading.Thread(target=reader, args=(0, 3)), threading.Thread(target=reader, args=(1, 10**6))])
     assert batched.batch_sizes == [2]
     assert stats[0].finish == "stopped" and stats[0].new_tokens < 20
     assert stats[1].new_tokens == 120 and stats[1].finish in ("length", "marker")
@@ -108,14 +107,8 @@ def test_settings_that_differ_go_to_different_batches(chat):
     def ask(name, **options):
         out[name] = list(batched.stream("Saya demam.", max_new_tokens=6, **options))
 
-    threads = [threading.Thread(target=ask, args=("greedy",), kwargs=GREEDY),
-               threading.Thread(target=ask, args=("penalty",), kwargs=dict(GREEDY, repetition_penalty=1.3))]
-    for t in threads:
-        t.start()
-    wait_for(lambda: len(batched.waiting) == 2)
-    batched.start()
-    for t in threads:
-        t.join(timeout=60)
+    run_together(batched, [threading.Thread(target=ask, args=("greedy",), kwargs=GREEDY),
+                           threading.Thread(target=ask, args=("penalty",), kwargs=dict(GREEDY, repetition_penalty=1.3))], 60)
     assert sorted(batched.batch_sizes) == [1, 1] and set(out) == {"greedy", "penalty"}
     batched.close()
 
@@ -123,22 +116,14 @@ def test_settings_that_differ_go_to_different_batches(chat):
 def test_the_app_serves_concurrent_clients_in_shared_batches(chat):
     """Eight openai clients at once against app.py's server with a BatchedChat: every answer is the greedy one
     alone, and they were answered in batches of more than one."""
-    import socket
-
-    import uvicorn
     from openai import OpenAI
 
     import app
 
     expected = {q: chat.answer(q, max_new_tokens=12, **GREEDY) for q in QUESTIONS}
     batched = BatchedChat(chat, max_batch=8)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app.build_app(batched), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    wait_for(lambda: server.started)
-    client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+    url, server = start_server(app.build_app(batched))
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
     questions = QUESTIONS * 2
     answers = [None] * len(questions)
 

@@ -3,16 +3,15 @@ driven by httpx and the openai client. Every refused request gets a 4xx with Ope
 
 import contextlib
 import json
-import socket
 import threading
 import time
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from openai import APIError, OpenAI, RateLimitError
 
+from conftest import start_server
 from trainer.serve.inference import MAX_INPUT_CHARS, MAX_NEW_TOKENS, BusyError, ChatModel
 from trainer.serve.openai_api import MAX_BODY_BYTES, MAX_HISTORY_MESSAGES, Message, _conversation, router
 
@@ -20,30 +19,16 @@ QUESTION = "Dokter, saya demam tinggi sejak tiga hari. Apa yang harus saya lakuk
 USER = {"role": "user", "content": QUESTION}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serve(chat):
     """An app of just the router (as app.py includes it) on a free port, in a thread; yields its /v1 url."""
     app = FastAPI()
     app.include_router(router(chat))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert time.time() < deadline, "server did not start"
-        time.sleep(0.05)
+    url, server = start_server(app)
     try:
-        yield f"http://127.0.0.1:{port}/v1"
+        yield f"{url}/v1"
     finally:
         server.should_exit = True
-        thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import uvicorn
 from gradio_client import Client
 from openai import APIStatusError, OpenAI
 
 import app
-from conftest import ROOT
+from conftest import ROOT, free_port, start_server
 from trainer.prompts import chat_template_for, get_template
 from trainer.serve.inference import BusyError, ChatModel, GenerationStats, InputError
 from trainer.serve.remote import BackendError, RemoteChat, api_key_from_env
@@ -36,22 +35,9 @@ SERVER_START_TIMEOUT = 300  # seconds; it starts in ~25 s on the 2-core test mac
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def serve_app(chat, config: dict = app.DEFAULTS):
     """Our app (page + /v1) in front of `chat`, on a free port in a thread: (url, server)."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app.build_app(chat, config), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert time.time() < deadline, "our app did not start"
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{port}", server
+    return start_server(app.build_app(chat, config), "our app")
 
 
 def same_text(remote: str, local: str) -> bool:

@@ -3,7 +3,6 @@ from the request's max_new_tokens and launches the Gradio way; without it nothin
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -13,6 +12,7 @@ import httpx
 import pytest
 from gradio_client import Client
 
+from conftest import free_port
 from trainer.import_graph import ROOT
 from trainer.serve import zerogpu
 
@@ -56,12 +56,6 @@ def test_duration_grows_with_max_new_tokens_and_is_capped():
     assert zerogpu.seconds_for(200) == zerogpu.BASE_SECONDS + 10 < zerogpu.seconds_for(1024)
     assert zerogpu.seconds_for(10**9) == zerogpu.MAX_SECONDS
     assert zerogpu.seconds_for("not a number") == zerogpu.seconds_for(256)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
