@@ -32,12 +32,17 @@ def _is_project(module: str) -> bool:
 
 
 @cache
-def imports_of(module: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(project modules, third-party top-level names) that `module`'s source imports."""
+def _tree(module: str) -> tuple[Path, ast.Module]:
     path = module_path(module)
     if path is None:
         raise ValueError(f"{module}: no such module under {ROOT}")
-    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    return path, ast.parse(path.read_text(encoding="utf-8"), str(path))
+
+
+@cache
+def imports_of(module: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(project modules, third-party top-level names) that `module`'s source imports."""
+    path, tree = _tree(module)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     names: list[str] = []
     for node in ast.walk(tree):
@@ -112,8 +117,7 @@ def top_level_cycles() -> list[list[str]]:
 
 
 def _top_level_imports(module: str) -> set[str]:
-    path = module_path(module)
-    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    _, tree = _tree(module)
     found = set()
     for node in tree.body:  # module level only (not inside functions), including `if` / `try` blocks
         for sub in ast.walk(node) if isinstance(node, (ast.If, ast.Try)) else [node]:
