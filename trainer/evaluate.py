@@ -111,7 +111,7 @@ def evaluate_model(name: str, records: list[dict], max_new_tokens: int, template
     return results
 
 
-def select_records(data_path: str, split: str = "val", val_set_size: float = 0.1, limit: int = 0) -> list[dict]:
+def select_records(data_path: str, split: str = "val", val_set_size: float = record_lib.VAL_SET_SIZE, limit: int = 0) -> list[dict]:
     """The records of a split exactly as trainer.train splits them (seed 42)."""
     records = record_lib.load_records(data_path).records
     train, val = record_lib.split_records(records, val_set_size)
@@ -123,7 +123,7 @@ def select_records(data_path: str, split: str = "val", val_set_size: float = 0.1
 
 def held_out_share(models: list[str], data_path: str, val_set_size: float | None) -> float:
     """The validation share to evaluate on: as given, else the one a model folder's train_summary.json was
-    trained with on this file (so the held-out records really were held out), else 0.1 (training's default)."""
+    trained with on this file (so the held-out records really were held out), else training's default."""
     for name in models:
         summary = RunSummary.read(name) if os.path.isdir(name) else None
         trained = summary.records.val_set_size if summary and summary.data_path else None
@@ -135,7 +135,7 @@ def held_out_share(models: list[str], data_path: str, val_set_size: float | None
         if val_set_size != trained:
             logger.warning("--val_set_size %g, but %s held out %g of %s in training: part of the records evaluated "
                            "may have been trained on", val_set_size, name, trained, summary.data_path)
-    return 0.1 if val_set_size is None else val_set_size
+    return record_lib.VAL_SET_SIZE if val_set_size is None else val_set_size
 
 
 def report_markdown(result: dict, samples: int = 3) -> str:
@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data_path", required=True)
     parser.add_argument("--split", choices=("val", "train"), default="val")
     parser.add_argument("--val_set_size", type=float, default=None,
-                        help="as in training; default: what a model folder's train_summary.json records, else 0.1")
+                        help="as in training; default: what a model folder's train_summary.json records, "
+                             f"else training's default ({record_lib.VAL_SET_SIZE})")
     parser.add_argument("--limit", type=int, default=0, help="evaluate the first N records of the split (0 = all)")
     parser.add_argument("--max_new_tokens", type=int, default=256)
     parser.add_argument("--template", default=None, help="for models without a chat_template")

@@ -22,6 +22,7 @@ FIELDS = ("instruction", "input", "output")
 REQUIRED = ("instruction", "output")
 MAX_LISTED_PROBLEMS = 20
 SPLIT_SEED = 42  # the original notebook's train_test_split seed
+VAL_SET_SIZE = 0.1  # the validation share training holds out by default
 
 # The constant instruction of GenMedGPT-5k-id and of ChatDoctor's GenMedGPT-5k.
 DOCTOR_INSTRUCTION = {

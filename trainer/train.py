@@ -66,7 +66,7 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     data_path: str = field(default=None, metadata={"help": "Alpaca records: JSON array, JSON Lines, or a Hub dataset id."})
-    val_set_size: float = field(default=0.1, metadata={"help": "Validation share (<1) or count (>=1); 0 = none. Seed 42."})
+    val_set_size: float = field(default=record_lib.VAL_SET_SIZE, metadata={"help": "Validation share (<1) or count (>=1); 0 = none. Seed 42."})
     skip_invalid: bool = field(default=False, metadata={"help": "Skip invalid records (and report the count) instead of stopping."})
     empty_input_share: float = field(
         default=0.0,

@@ -31,7 +31,9 @@ from trainer.serve.inference import (
     ChatModel,
     GenerationStats,
     last_text,
+    left_padded,
     on_torch_thread,
+    sampling_options,
     visible_texts,
 )
 
@@ -290,18 +292,13 @@ class BatchedChat:
         pad = self.chat._pad_token_id
         # A resumed row continues from its prompt and the tokens it has made, recomputed in this batch's prefill.
         encoded = [e + r.generated for e, r in zip(tokenizer([r.prompt for r in batch], add_special_tokens=False)["input_ids"], batch)]
-        width = max(map(len, encoded))
-        # Left padding, so every row's next token comes right after its own prompt.
-        input_ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=model.device)
-        attention_mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=model.device)
         rows = _Rows(batch, tokenizer.eos_token_id, self.pause, self.min_steps_before_pause)
         temperature, top_p, repetition_penalty, min_new_tokens = batch[0].settings
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
         with torch.inference_mode():
-            model.generate(input_ids=input_ids, attention_mask=attention_mask,
+            model.generate(**left_padded(encoded, pad, model.device),
                            max_new_tokens=max(r.max_new_tokens - r.new_tokens for r in batch), min_new_tokens=min_new_tokens,
                            repetition_penalty=repetition_penalty, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
-                           streamer=rows, stopping_criteria=StoppingCriteriaList([rows]), **sampling,
+                           streamer=rows, stopping_criteria=StoppingCriteriaList([rows]), **sampling_options(temperature, top_p),
                            **self.chat.generate_options)
         return rows.unfinished() if rows.paused else []
 

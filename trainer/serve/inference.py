@@ -260,9 +260,8 @@ class ChatModel:
         """The generate() call that answers a prompt text, not started yet."""
         # The template already holds any BOS text, so the tokenizer must not add another.
         inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).to(self.model.device)
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
         options = dict(max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty, pad_token_id=self._pad_token_id,
-                       eos_token_id=self.tokenizer.eos_token_id, **sampling)
+                       eos_token_id=self.tokenizer.eos_token_id, **sampling_options(temperature, top_p))
         return _Generation(self.model, self.tokenizer, inputs, {**options, **self.generate_options})
 
     @property
@@ -281,13 +280,7 @@ class ChatModel:
         max_new_tokens = self.bounded_new_tokens(max_new_tokens)
         texts = [self.prompt(c[-1]["content"], c[:-1], max_new_tokens)[0] for c in conversations]
         tok, pad = self.tokenizer, self._pad_token_id
-        encoded = tok(texts, add_special_tokens=False)["input_ids"]
-        width = max(map(len, encoded))
-        inputs = {  # left padding, so every row's next token comes right after its prompt
-            "input_ids": torch.tensor([[pad] * (width - len(e)) + e for e in encoded]),
-            "attention_mask": torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded]),
-        }
-        inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
+        inputs = left_padded(tok(texts, add_special_tokens=False)["input_ids"], pad, self.model.device)
 
         def run():
             with torch.inference_mode():
@@ -365,6 +358,19 @@ class _Generation:
         return GenerationStats(prompt_tokens=prompt_tokens, new_tokens=new_tokens, finish=finish,
                                history_turns_dropped=history_turns_dropped,
                                seconds_to_first_token=self.seconds_to_first_token, seconds=self.seconds)
+
+
+def sampling_options(temperature: float, top_p: float) -> dict:
+    """generate() options for a temperature (0 = greedy) and top_p."""
+    return dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+
+
+def left_padded(encoded: list[list[int]], pad: int, device) -> dict:
+    """input_ids and attention_mask of several prompts padded on the left, so every row's next token comes
+    right after its own prompt."""
+    width = max(map(len, encoded))
+    return {"input_ids": torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device),
+            "attention_mask": torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)}
 
 
 def visible_texts(growing, ended):
