@@ -24,17 +24,13 @@ from trainer.models import EMBEDDED, PROJECT_MODEL, ModelError
 from trainer.prompts import TEMPLATES
 from trainer.serve import zerogpu
 from trainer.serve.batching import BatchedChat
+from trainer.serve.defaults import DISCLAIMER, GENERATION
 from trainer.serve.inference import MAX_NEW_TOKENS, BusyError, ChatModel, InputError
 from trainer.serve.openai_api import router
 
 HERE = Path(__file__).parent
 SAMPLE = HERE / "data" / "sample.jsonl"
-DISCLAIMER = (
-    "⚠️ **Bukan pengganti dokter.** Jawaban dibuat oleh model bahasa dan bisa salah. Untuk keadaan "
-    "darurat atau keluhan serius, segera hubungi tenaga kesehatan. *(Not a substitute for a doctor.)*"
-)
-DEFAULTS = {"model": PROJECT_MODEL, "template": None, "max_new_tokens": 256, "temperature": 0.0, "top_p": 0.9,
-            "repetition_penalty": 1.1, "trust_remote_code": False, "revision": None}
+DEFAULTS = {"model": PROJECT_MODEL, "template": None, **GENERATION, "trust_remote_code": False, "revision": None}
 
 
 def load_config(path: Path = HERE / "config.yaml") -> dict:

@@ -1,0 +1,12 @@
+"""What every front end of a model shows and starts from: the page, the Space and the Ollama Modelfile.
+
+Torch-free, so `trainer.export` and the model card read it without loading a serving stack.
+"""
+
+DISCLAIMER = (
+    "⚠️ **Bukan pengganti dokter.** Jawaban dibuat oleh model bahasa dan bisa salah. Untuk keadaan "
+    "darurat atau keluhan serius, segera hubungi tenaga kesehatan. *(Not a substitute for a doctor.)*"
+)
+# Greedy with a light repetition penalty: the shipped 270M model loops on drug names without it
+# (README "The model").
+GENERATION = {"max_new_tokens": 256, "temperature": 0.0, "top_p": 0.9, "repetition_penalty": 1.1}
