@@ -112,6 +112,33 @@ class Template:
             "{%- endfor -%}"
         )
 
+    def go_template(self, eos_token: str) -> str:
+        """The same conversation shapes as `chat_template` in Go template syntax, for an Ollama Modelfile.
+
+        No BOS: Ollama adds it itself when the GGUF says the tokenizer does (`tokenizer.ggml.add_bos_token`).
+        Literal text is never followed by a trimming `{{-`, so the prompt's own newlines survive.
+        """
+        in_head, in_mid, in_tail = _split(self.prompt_input, "{instruction}", "{input}")
+        no_head, no_tail = _split(self.prompt_no_input, "{instruction}")
+        for text in (in_head, in_mid, in_tail, no_head, no_tail, eos_token):
+            if "{{" in text or "}}" in text:
+                raise ValueError(f"{self.name}: {text!r} contains Go template delimiters")
+        for text in (in_tail, no_tail, eos_token):  # each is followed by a `{{-`, which would eat trailing whitespace
+            if text != text.rstrip():
+                raise ValueError(f"{self.name}: {text!r} ends in whitespace, which the Go template would trim")
+        return (
+            '{{- $system := "" }}'
+            "{{- range .Messages }}"
+            '{{- if eq .Role "system" }}{{ $system = .Content }}'
+            '{{- else if eq .Role "user" }}'
+            f"{{{{- if $system }}}}{in_head}{{{{ $system }}}}{in_mid}{{{{ .Content }}}}{in_tail}"
+            f"{{{{- else }}}}{no_head}{{{{ .Content }}}}{no_tail}"
+            "{{- end }}"
+            '{{- else if eq .Role "assistant" }}{{ .Content }}' + eos_token
+            + "{{- end }}"
+            "{{- end }}"
+        )
+
 
 def _split(text: str, *fields: str) -> list[str]:
     """Split a format string at each field, in order: 'a{x}b{y}c' -> ['a', 'b', 'c']."""
