@@ -1,33 +1,58 @@
 """Merge a LoRA adapter into its base model and save a plain full checkpoint.
 
-    python -m trainer.merge --adapter out-lora --output_dir out-merged
+    python -m trainer.merge --adapter out-lora --output_dir out-merged [--base_model DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
 
-from trainer.models import ModelError, is_adapter, load_model, load_tokenizer
+from trainer.models import EMBEDDED, ModelError, adapter_base, is_adapter, load_model, load_tokenizer, resolve
 
 
-def merge(adapter: str, output_dir: str) -> None:
+def base_of(adapter: str, base_model: str | None = None) -> str:
+    """The base folder (or embedded name) of an adapter: `base_model` if given, else what the adapter names.
+    Raises ModelError naming the fix when it is not on this machine."""
+    base = base_model or adapter_base(adapter)
+    if not base:
+        raise ModelError(f"{adapter}/adapter_config.json names no base model (base_model_name_or_path); give it with --base_model DIR.")
+    if base in EMBEDDED or os.path.isdir(base):
+        return base
+    raise ModelError(
+        f"The adapter in {adapter} needs its base model {base!r}, which is not a folder on this machine. "
+        f"Download it (`hf download {base} --local-dir BASE`) or point to it with --base_model BASE."
+    )
+
+
+def merge(adapter: str, output_dir: str, base_model: str | None = None) -> None:
+    adapter = resolve(adapter)
     if not is_adapter(adapter):
         raise ModelError(f"{adapter} holds no LoRA adapter (missing adapter_config.json). Train one with --lora_r 8.")
-    model = load_model(adapter, dtype=torch.float32).merge_and_unload()
+    from peft import PeftModel
+
+    base = base_of(adapter, base_model)
+    model = PeftModel.from_pretrained(load_model(base, dtype=torch.float32), adapter).merge_and_unload()
     model.save_pretrained(output_dir)
-    load_tokenizer(adapter).save_pretrained(output_dir)  # the adapter folder's tokenizer carries the chat_template
+    own_tokenizer = os.path.exists(os.path.join(adapter, "tokenizer_config.json"))
+    tokenizer = load_tokenizer(adapter if own_tokenizer or not base_model else base)
+    if not own_tokenizer and os.path.exists(os.path.join(adapter, "chat_template.jinja")):
+        with open(os.path.join(adapter, "chat_template.jinja"), encoding="utf-8") as f:
+            tokenizer.chat_template = f.read()  # the template the adapter was trained with, not the base's
+    tokenizer.save_pretrained(output_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapter", required=True, help="folder written by `trainer.train --lora_r N`")
     parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--base_model", default=None, help="the base's folder, when the one the adapter names is elsewhere")
     args = parser.parse_args(argv)
     try:
-        merge(args.adapter, args.output_dir)
+        merge(args.adapter, args.output_dir, args.base_model)
     except ModelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
