@@ -13,10 +13,14 @@ filter (threshold 0.7, as in stanford_alpaca) against the seeds and everything k
 instruction + "\\n" + input, not the instruction alone: in GenMedGPT every record shares one
 instruction, so the patient's words are what tell records apart.
 
-Kept records are appended to --out (JSON Lines) and flushed to disk one by one, so a run killed at
-any moment loses at most the record being written. Rerunning the same command resumes: the records
-already in --out count toward --num_records and seed the duplicate filter; an incomplete last line
-left by a kill is dropped with a warning.
+Kept records are appended to --out (JSON Lines) and flushed to disk after each answer, so a run
+killed at any moment loses at most the answer being written. Rerunning the same command resumes:
+the records already in --out count toward --num_records and seed the duplicate filter; an
+incomplete last line left by a kill is dropped with a warning.
+
+--workers N keeps N requests in flight, their answers still handled (filtered, deduplicated,
+written) in request order. --batch_api asks for the records in one OpenAI Batch API job
+(data_gen/batch_api.py) and makes any shortfall the normal way.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 import re
 import sys
@@ -32,8 +35,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_gen.client import ChatClient, ClientError, add_client_args, check_client_args, client_from_args, setup_logging
+from data_gen.batch_api import MAX_REQUESTS, BatchJob, refuse_open_batch, state_path
+from data_gen.client import Answer, ChatClient, ClientError, Usage, add_client_args, check_client_args, client_from_args, setup_logging
 from data_gen.language import looks_like
+from data_gen.output import JsonlOutput, OutputError, count_records
+from data_gen.parallel import run_ordered
 from data_gen.rouge import RougeDedup, tokenize
 from trainer.records import DOCTOR_INSTRUCTION, FIELDS, DataError, load_records
 
@@ -260,82 +266,6 @@ def dedup_key(record: dict, mode: str = "instruction_input") -> str:
     return record["instruction"] + "\n" + record["input"]
 
 
-# ------------------------------------------------------------------------------------------ output
-
-
-class JsonlOutput:
-    """An append-only JSON Lines file that survives kill -9: each record is one write, flushed and
-    fsync'd; on open, an incomplete last line (a write cut short) is dropped with a warning.
-
-    An exclusive lock (POSIX) stops a second run from appending to the same file concurrently."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        if self.path.parent and not self.path.parent.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.repaired = repair_torn_tail(self.path)
-        self._file = open(self.path, "a", encoding="utf-8")
-        try:
-            import fcntl
-
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:
-            pass
-        except OSError:
-            self._file.close()
-            raise OutputError(f"{self.path} is being written by another run; wait for it or pass another --out.") from None
-
-    def lines(self) -> list[tuple[int, dict]]:
-        """(line number, object) for every line; raises OutputError naming a bad line."""
-        rows = []
-        with open(self.path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise OutputError(f"{self.path}, line {lineno}: invalid JSON ({e.msg}). This file was not written "
-                                      "by this tool alone; fix that line or pass another --out.") from None
-                rows.append((lineno, obj))
-        return rows
-
-    def append(self, record: dict) -> None:
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        self._file.close()
-
-
-class OutputError(Exception):
-    """The output file cannot be resumed or written; the message says what to do."""
-
-
-def repair_torn_tail(path: Path) -> int:
-    """Drop an incomplete last line (no newline, not valid JSON) left by a killed run; returns the
-    bytes dropped. A complete record that only lacks its newline gets one."""
-    if not path.exists():
-        return 0
-    with open(path, "rb+") as f:
-        data = f.read()
-        if not data or data.endswith(b"\n"):
-            return 0
-        cut = data.rfind(b"\n") + 1
-        tail = data[cut:]
-        try:
-            complete = isinstance(json.loads(tail.decode("utf-8")), dict)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            complete = False
-        if complete:
-            f.write(b"\n")
-            return 0
-        f.truncate(cut)
-    logger.warning("%s: dropped an incomplete last line (%d bytes) left by an interrupted run", path, len(tail))
-    return len(tail)
-
-
 # ------------------------------------------------------------------------------------------ generate
 
 
@@ -346,6 +276,7 @@ class Progress:
     candidates: int = 0  # records parsed from answers and checked: kept + rejected
     rejected: Counter = field(default_factory=Counter)  # by reason
     answers: Counter = field(default_factory=Counter)  # by format: numbered, json, unparsable
+    batches: list = field(default_factory=list)  # one summary line per Batch API batch collected
 
     @property
     def written_now(self) -> int:
@@ -360,6 +291,7 @@ class Progress:
             f"{self.kept} kept now); {stop}",
             f"answers {sum(self.answers.values())}: " + (", ".join(f"{k} {v}" for k, v in self.answers.most_common()) or "none"),
             f"candidates {self.candidates}: kept {self.kept}, rejected {sum(self.rejected.values())} ({self.rejected_text()})",
+            *self.batches,
             client.usage.summary(),
         ])
 
@@ -385,66 +317,142 @@ def pick_examples(rng: random.Random, seeds: list[dict], generated: list[dict], 
     return picked
 
 
-def generate(args: argparse.Namespace, client: ChatClient, out: JsonlOutput, progress: Progress) -> tuple[str, int]:
-    """Request batches until --num_records are in --out; returns (why it stopped, exit code)."""
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
+@dataclass
+class Generation:
+    """What a generate run works with: the examples it may show, the duplicate filter, --out's records."""
+    args: argparse.Namespace
+    seeds: list[dict]
+    generated: list[dict]  # the records in --out, in file order
+    dedup: RougeDedup
+    limits: Limits
+    rng: random.Random  # picks the examples; seeded by the run's starting point
+    usage: Usage  # the client's counts, for the progress bar
+    idle: int = 0  # answers in a row that kept nothing
+
+    @property
+    def short(self) -> int:
+        return self.args.num_records - len(self.generated)
 
 
+def start_generation(args: argparse.Namespace, client: ChatClient, out: JsonlOutput, progress: Progress) -> Generation:
     seeds = load_records(args.seed_tasks).records
     existing = load_records(str(out.path)).records if out.path.stat().st_size else []
     progress.existing = len(existing)
     dedup = RougeDedup(args.rouge_threshold)
     for record in seeds + existing:
         dedup.add(dedup_key(record, args.dedup_key))
-    if len(existing) >= args.num_records:
-        return f"already done (--num_records {args.num_records})", 0
     limits = Limits(args.min_instruction_words, args.max_instruction_words, args.max_input_words,
                     args.min_output_words, args.max_output_words)
     # Seeded by the run's starting point too, so a resumed run does not replay the first run's picks.
     rng = random.Random(f"{args.seed}:{len(existing)}")
-    generated = list(existing)
-    idle = 0  # consecutive answers that kept nothing
-    with logging_redirect_tqdm(), tqdm(total=args.num_records, initial=len(existing), unit="rec", dynamic_ncols=True,
-                                       disable=args.no_progress) as bar:
-        while len(generated) < args.num_records:
-            if args.max_requests and client.usage.requests >= args.max_requests:
-                return f"stopped at --max_requests {args.max_requests}", 0
-            examples = pick_examples(rng, seeds, generated, args.num_prompt_examples)
-            prompt = build_prompt(examples, args.batch_size, args.language)
-            answer = client.complete(prompt)
-            candidates, fmt = parse_answer(answer.text)
-            progress.answers["unparsable" if fmt == "none" else fmt] += 1
-            if fmt == "none":
-                logger.warning("answer %d: no records found (neither JSON nor a numbered list); it starts: %r",
-                               client.usage.requests, answer.text[:200])
-            kept_now = 0
-            for i, candidate in enumerate(candidates):
-                progress.candidates += 1
-                if fmt == "numbered" and answer.finish_reason == "length" and i == len(candidates) - 1:
-                    progress.rejected["truncated"] += 1  # cut off at max_tokens: its output may be incomplete
-                    continue
-                record, reason = check_record(candidate, limits, args.language)
-                if record is not None and not dedup.add(dedup_key(record, args.dedup_key)):
-                    record, reason = None, "duplicate"
-                if record is None:
-                    progress.rejected[reason] += 1
-                    continue
-                out.append(record)
-                generated.append(record)
-                progress.kept += 1
-                kept_now += 1
-                bar.update(1)
-                if len(generated) >= args.num_records:
-                    break
-            bar.set_postfix_str(f"kept {progress.kept} | rejected {sum(progress.rejected.values())} "
-                                f"({progress.rejected_text(3)}) | unparsable {progress.answers['unparsable']} | "
-                                f"tokens {client.usage.tokens:,}", refresh=True)
-            idle = 0 if kept_now else idle + 1
-            if args.patience and idle >= args.patience:
-                raise Stalled(f"{idle} answers in a row kept no record (--patience {args.patience}); rejected: "
-                              f"{progress.rejected_text()}. Check the model's answers (warnings above) or the filters")
-    return f"reached --num_records {args.num_records}", 0
+    return Generation(args, seeds, list(existing), dedup, limits, rng, client.usage)
+
+
+def next_prompt(gen: Generation, visible: int) -> str:
+    """A request showing examples from the seeds and the first `visible` records of --out."""
+    examples = pick_examples(gen.rng, gen.seeds, gen.generated[:visible], gen.args.num_prompt_examples)
+    return build_prompt(examples, gen.args.batch_size, gen.args.language)
+
+
+def keep_answer(gen: Generation, answer: Answer, out: JsonlOutput, progress: Progress, bar) -> int:
+    """Check each candidate of one answer and append the ones kept, until --num_records; returns how many."""
+    candidates, fmt = parse_answer(answer.text)
+    progress.answers["unparsable" if fmt == "none" else fmt] += 1
+    if fmt == "none":
+        logger.warning("answer %d: no records found (neither JSON nor a numbered list); it starts: %r",
+                       sum(progress.answers.values()), answer.text[:200])
+    kept: list[dict] = []
+    for i, candidate in enumerate(candidates):
+        if gen.short <= 0:
+            break
+        progress.candidates += 1
+        if fmt == "numbered" and answer.finish_reason == "length" and i == len(candidates) - 1:
+            progress.rejected["truncated"] += 1  # cut off at max_tokens: its output may be incomplete
+            continue
+        record, reason = check_record(candidate, gen.limits, gen.args.language)
+        if record is not None and not gen.dedup.add(dedup_key(record, gen.args.dedup_key)):
+            record, reason = None, "duplicate"
+        if record is None:
+            progress.rejected[reason] += 1
+            continue
+        gen.generated.append(record)
+        kept.append(record)
+    out.append_many(kept)
+    progress.kept += len(kept)
+    bar.update(len(kept))
+    bar.set_postfix_str(f"kept {progress.kept} | rejected {sum(progress.rejected.values())} "
+                        f"({progress.rejected_text(3)}) | unparsable {progress.answers['unparsable']} | "
+                        f"tokens {gen.usage.tokens:,}", refresh=True)
+    return len(kept)
+
+
+def generate_by_requests(gen: Generation, client: ChatClient, out: JsonlOutput, progress: Progress, bar) -> str:
+    """Requests until --num_records are in --out, --workers at once, answers handled in request order.
+
+    Request k shows examples from the records written up to answer k - lag (lag = 2 x workers - 1, so
+    1 without workers: every record so far), which makes the prompts independent of which answer
+    came back first. No request is sent that --num_records could not need if all its records were kept."""
+    args = gen.args
+    lag = 2 * args.workers - 1
+    visible: list[int] = []  # visible[k]: records in --out after answer k was handled
+    start, sent = len(gen.generated), 0
+
+    def next_request() -> str | None:
+        nonlocal sent
+        in_flight = sent - len(visible)
+        if (args.max_requests and sent >= args.max_requests) or gen.short <= in_flight * args.batch_size:
+            return None
+        sent += 1
+        return next_prompt(gen, visible[sent - 1 - lag] if sent - 1 >= lag else start)
+
+    def handle(_, answer: Answer) -> bool:
+        kept = keep_answer(gen, answer, out, progress, bar)
+        visible.append(len(gen.generated))
+        gen.idle = 0 if kept else gen.idle + 1
+        if args.patience and gen.idle >= args.patience:
+            raise Stalled(f"{gen.idle} answers in a row kept no record (--patience {args.patience}); rejected: "
+                          f"{progress.rejected_text()}. Check the model's answers (warnings above) or the filters")
+        return gen.short <= 0
+
+    run_ordered(next_request, client.complete, handle, args.workers, ahead=lag)
+    return f"reached --num_records {args.num_records}" if gen.short <= 0 else f"stopped at --max_requests {args.max_requests}"
+
+
+def generate_by_batch(gen: Generation, client: ChatClient, out: JsonlOutput, progress: Progress, bar) -> None:
+    """One Batch API batch asking for what --out lacks (or the batch an earlier run left open). Its
+    prompts show examples from the records in --out when it was made; its answers are handled in
+    request order, like the normal path's. Records already written by a killed run that got this far
+    are rejected as duplicates, never written twice."""
+    args = gen.args
+    job = BatchJob(client, out.path, {"command": "generate"}, args.poll_interval, progress=not args.no_progress)
+    if job.state is None:
+        n = min(-(-gen.short // args.batch_size), args.max_requests or MAX_REQUESTS, MAX_REQUESTS)
+        job.start({str(k): (next_prompt(gen, len(gen.generated)), None) for k in range(n)})
+    results = job.run()
+    kept = sum(keep_answer(gen, results.answers[cid], out, progress, bar)
+               for cid in sorted(results.answers, key=int) if gen.short > 0)
+    progress.batches.append(f"{results.summary()}; records kept {kept}")
+    job.finish()
+
+
+def generate(args: argparse.Namespace, client: ChatClient, out: JsonlOutput, progress: Progress) -> tuple[str, int]:
+    """Request batches until --num_records are in --out; returns (why it stopped, exit code)."""
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    if not args.batch_api:
+        refuse_open_batch(out.path)
+    gen = start_generation(args, client, out, progress)
+    if gen.short <= 0 and not (args.batch_api and state_path(out.path).exists()):
+        return f"already done (--num_records {args.num_records})", 0
+    with logging_redirect_tqdm(), tqdm(total=args.num_records, initial=len(gen.generated), unit="rec",
+                                       dynamic_ncols=True, disable=args.no_progress) as bar:
+        if args.batch_api:
+            generate_by_batch(gen, client, out, progress, bar)
+            if gen.short > 0 and args.batch_failed == "list":
+                return (f"{gen.short} record(s) short of --num_records {args.num_records} after the batch "
+                        "(--batch_failed list); rerun to ask a new batch for them", 3)
+        return generate_by_requests(gen, client, out, progress, bar), 0
 
 
 class Stalled(Exception):
@@ -513,7 +521,8 @@ def run_resumable(args: argparse.Namespace, job, progress) -> int:
     how to resume. Shared with translate.
 
     Exit codes: 0 done, 1 the server failed for good or the model stalled (resumable), 2 bad input
-    or output file, 3 finished with records that could not be made (translate), 130 interrupted."""
+    or output file, 3 finished with records that could not be made (translate; or a batch left some
+    out, with --batch_failed list), 130 interrupted."""
 
     client = client_from_args(args)
     try:
@@ -537,11 +546,6 @@ def run_resumable(args: argparse.Namespace, job, progress) -> int:
         out.close()
     print(progress.summary(args, client, stop))
     return code
-
-
-def count_records(path: Path) -> int:
-    with open(path, "rb") as f:
-        return sum(1 for line in f if line.strip())
 
 
 if __name__ == "__main__":

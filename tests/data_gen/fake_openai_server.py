@@ -1,6 +1,6 @@
-"""A stand-in OpenAI-compatible chat server for data_gen's tests and demos.
+"""A stand-in OpenAI-compatible server for data_gen's tests, demos and benchmarks.
 
-    python tests/data_gen/fake_openai_server.py --port 8765 [--delay 0.2] [--style numbered|json]
+    python tests/data_gen/fake_openai_server.py --port 8765 [--delay 0.5] [--jitter 0.2] [--rate_limit 0.05]
 
 POST /v1/chat/completions answers in OpenAI's response shape, with `usage` (words counted as
 tokens); GET /v1/models lists one model. Unscripted, it plays a model: a generate prompt ("Buatlah
@@ -9,14 +9,31 @@ doctor-patient records built from a template bank (so the duplicate filter keeps
 a translate prompt (a JSON array of records with "index") gets its records back "translated" by a
 small English-to-Indonesian word map.
 
-Tests script it: `server.push(Reply(...), ...)` queues answers (a status code, a delay, a finish
-reason, raw content, or a function of the request) used before the default behaviour, and
-`server.requests` holds every request body received, retries included.
+Load, as a real server has it: every answer waits `delay` seconds plus up to `jitter` more (so
+concurrent answers finish out of order), and a share `rate_limit` of requests is refused with 429
+and `Retry-After: retry_after`.
+
+The Batch API, as OpenAI's: POST /v1/files (multipart upload), GET /v1/files[/ID[/content]],
+POST /v1/batches, GET /v1/batches[/ID], POST /v1/batches/ID/cancel. A batch goes validating ->
+in_progress -> finalizing -> completed (or failed, when a line is not a valid request), answering its
+lines in a thread as the model would (without the delay), and writes an output file (status 200
+lines) and an error file (the rest). Tests steer it: `batch_replies[custom_id] = Reply(...)` scripts
+a line, `batch_gate.clear()` holds batches in_progress until `set()`, `expire_after = n` expires a
+batch after n lines (the rest get batch_expired errors), `refuse_batches = "why"` fails every new
+batch's validation, `lose_response["POST /v1/batches"] = 1`
+does the work but answers 500 once (a reply lost on the way: the client cannot know it happened).
+
+Tests script chat answers: `server.push(Reply(...), ...)` queues answers (a status code, a delay, a
+finish reason, raw content, or a function of the request) used before the default behaviour, and
+`server.requests` holds every chat request body received, retries included; `server.arrivals`
+their (time.monotonic(), status) in arrival order, `server.max_in_flight` how many were answered at
+once at most; `server.uploads` and `server.batches` what the Batch API endpoints were given.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import re
@@ -25,6 +42,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 INSTRUCTION = "Jika Anda seorang dokter, silakan menjawab pertanyaan medis berdasarkan deskripsi pasien."
@@ -40,17 +59,37 @@ class Reply:
     usage: bool = True
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # 16+ clients connect at once; the default backlog of 5 would refuse some
+
+
 class FakeOpenAI:
     """The server; `with FakeOpenAI() as server:` runs it in a thread on 127.0.0.1 and a free port."""
 
-    def __init__(self, port: int = 0, delay: float = 0.0, style: str = "numbered", seed: int = 0, model: str = "fake"):
+    def __init__(self, port: int = 0, delay: float = 0.0, style: str = "numbered", seed: int = 0, model: str = "fake",
+                 jitter: float = 0.0, rate_limit: float = 0.0, retry_after: float = 0.05):
         self.delay, self.style, self.model = delay, style, model
+        self.jitter, self.rate_limit, self.retry_after = jitter, rate_limit, retry_after
         self.rng = random.Random(seed)
+        self.load_rng = random.Random(seed + 1)  # latency and 429s: not the model's RNG
         self.replies: deque[Reply] = deque()
         self.requests: list[dict] = []
+        self.arrivals: list[tuple[float, int]] = []  # (time.monotonic(), status) per chat request
+        self.in_flight = self.max_in_flight = 0  # chat requests being answered now / at most at once
         self.lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
-        self.httpd.daemon_threads = True
+        self.files: dict[str, dict] = {}  # id -> file object, plus its "content"
+        self.uploads: list[str] = []  # ids of files clients uploaded, in order
+        self.batches: dict[str, dict] = {}  # id -> batch object
+        self.batch_requests: list[dict] = []  # every batch line answered (its request body)
+        self.batch_replies: dict[str, Reply] = {}  # custom_id -> scripted answer
+        self.batch_gate = threading.Event()
+        self.batch_gate.set()
+        self.expire_after: int | None = None
+        self.refuse_batches: str | None = None  # a reason: every new batch fails validation with it
+        self.lose_response: dict[str, int] = {}  # "POST /v1/batches" -> how many replies to lose
+        self._ids = itertools.count(1)
+        self.httpd = _Server(("127.0.0.1", port), _handler(self))
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
@@ -65,6 +104,7 @@ class FakeOpenAI:
         return self
 
     def close(self) -> None:
+        self.batch_gate.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -77,15 +117,26 @@ class FakeOpenAI:
     def next_reply(self, body: dict) -> Reply:
         with self.lock:
             self.requests.append(body)
-            reply = self.replies.popleft() if self.replies else Reply(delay=self.delay)
-            if reply.status == 200:
-                content = reply.content
-                if callable(content):
-                    content = content(body)
-                elif content is None:
-                    content = self.answer(prompt_of(body))
-                reply = Reply(content, reply.status, reply.delay, reply.finish_reason, reply.headers, reply.usage)
-        return reply
+            reply = self.replies.popleft() if self.replies else self._unscripted()
+            self.arrivals.append((time.monotonic(), reply.status))
+        return self._resolve(reply, body)
+
+    def _unscripted(self) -> Reply:
+        delay = self.delay + (self.load_rng.uniform(0, self.jitter) if self.jitter else 0.0)
+        if self.rate_limit and self.load_rng.random() < self.rate_limit:
+            return Reply(status=429, headers={"retry-after": f"{self.retry_after:g}"})
+        return Reply(delay=delay)
+
+    def _resolve(self, reply: Reply, body: dict) -> Reply:
+        if reply.status != 200:
+            return reply
+        content = reply.content
+        if callable(content):
+            content = content(body)
+        elif content is None:
+            with self.lock:  # the model's RNG is shared by the handler threads
+                content = self.answer(prompt_of(body))
+        return Reply(content, reply.status, reply.delay, reply.finish_reason, reply.headers, reply.usage)
 
     def answer(self, prompt: str) -> str:
         """What the 'model' writes for a generate or translate prompt."""
@@ -95,6 +146,119 @@ class FakeOpenAI:
         m = re.search(r"(?:Buatlah|Write) (\d+)", prompt)
         n = int(m.group(1)) if m else 5
         return format_records([make_record(self.rng) for _ in range(n)], self.style)
+
+    def completion(self, body: dict, reply: Reply) -> dict:
+        """The chat.completion object for an answered request."""
+        prompt_tokens, completion_tokens = len(prompt_of(body).split()), len(reply.content.split())
+        answer = {
+            "id": f"chatcmpl-fake{next(self._ids)}", "object": "chat.completion", "created": int(time.time()),
+            "model": body.get("model", self.model),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.content},
+                         "finish_reason": reply.finish_reason}],
+        }
+        if reply.usage:
+            answer["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                               "total_tokens": prompt_tokens + completion_tokens}
+        return answer
+
+    # ------------------------------------------------------------------------------ Batch API
+
+    def add_file(self, filename: str, purpose: str, content: bytes) -> dict:
+        with self.lock:
+            file = {"id": f"file-fake{next(self._ids)}", "object": "file", "bytes": len(content),
+                    "created_at": int(time.time()), "filename": filename, "purpose": purpose, "status": "processed"}
+            self.files[file["id"]] = {**file, "content": content}
+        return file
+
+    def create_batch(self, params: dict) -> tuple[int, dict]:
+        file = self.files.get(params.get("input_file_id", ""))
+        if file is None:
+            return 404, error(f"no file {params.get('input_file_id')!r}", "invalid_request_error")
+        with self.lock:
+            now = int(time.time())
+            batch = {"id": f"batch_fake{next(self._ids)}", "object": "batch", "endpoint": params.get("endpoint"),
+                     "errors": None, "input_file_id": file["id"], "completion_window": params.get("completion_window"),
+                     "status": "validating", "output_file_id": None, "error_file_id": None, "created_at": now,
+                     "expires_at": now + 86400, "request_counts": {"total": 0, "completed": 0, "failed": 0},
+                     "metadata": params.get("metadata"), "cancelling_at": None}
+            self.batches[batch["id"]] = batch
+        threading.Thread(target=self._run_batch, args=(batch, file["content"]), daemon=True).start()
+        return 200, batch
+
+    def _run_batch(self, batch: dict, content: bytes) -> None:
+        lines, problems = _batch_lines(content, batch["endpoint"])
+        if self.refuse_batches:
+            problems.append({"code": "invalid_request", "line": None, "message": self.refuse_batches, "param": None})
+        if problems:
+            return self._set(batch, status="failed", failed_at=int(time.time()),
+                             errors={"object": "list", "data": problems})
+        self._set(batch, status="in_progress", in_progress_at=int(time.time()))
+        batch["request_counts"]["total"] = len(lines)
+        done, failed, ended = [], [], ("completed", "completed_at")
+        for n, line in enumerate(lines):
+            self.batch_gate.wait()
+            if batch["status"] == "cancelling" or (self.expire_after is not None and n >= self.expire_after):
+                ended = ("cancelled", "cancelled_at") if batch["status"] == "cancelling" else ("expired", "expired_at")
+                failed += [{"id": f"batch_req_{next(self._ids)}", "custom_id": rest["custom_id"], "response": None,
+                            "error": {"code": f"batch_{ended[0]}", "message": "not run before the batch ended"}}
+                           for rest in lines[n:]]
+                break
+            ok, out = self._batch_line(line)
+            (done if ok else failed).append(out)
+            with self.lock:
+                batch["request_counts"]["completed" if ok else "failed"] += 1
+        self._set(batch, status="finalizing", finalizing_at=int(time.time()))
+        self._finish_batch(batch, done, failed, ended)
+
+    def _batch_line(self, line: dict) -> tuple[bool, dict]:
+        body = line["body"]
+        with self.lock:
+            self.batch_requests.append(body)
+            reply = self.batch_replies.get(line["custom_id"], Reply())
+        reply = self._resolve(reply, body)
+        out = {"id": f"batch_req_{next(self._ids)}", "custom_id": line["custom_id"], "error": None,
+               "response": {"status_code": reply.status, "request_id": f"req_{next(self._ids)}",
+                            "body": self.completion(body, reply) if reply.status == 200
+                            else error(f"scripted {reply.status}", "server_error")}}
+        return reply.status == 200, out
+
+    def _finish_batch(self, batch: dict, done: list[dict], failed: list[dict], ended: tuple[str, str]) -> None:
+        def jsonl(rows):
+            return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+
+        output = self.add_file(f"{batch['id']}_output.jsonl", "batch_output", jsonl(done)) if done else None
+        errors = self.add_file(f"{batch['id']}_error.jsonl", "batch_output", jsonl(failed)) if failed else None
+        self._set(batch, output_file_id=output and output["id"], error_file_id=errors and errors["id"],
+                  status=ended[0], **{ended[1]: int(time.time())})
+
+    def _set(self, batch: dict, **fields) -> None:
+        with self.lock:
+            if batch["status"] == "cancelling" and fields.get("status") in ("in_progress", "finalizing"):
+                fields.pop("status")  # a cancel asked for meanwhile wins
+            batch.update(fields)
+
+
+def _batch_lines(content: bytes, endpoint: str) -> tuple[list[dict], list[dict]]:
+    """The requests of a batch input file, and a problem per line that is not one."""
+    lines, problems, seen = [], [], set()
+    for number, raw in enumerate(content.decode("utf-8").splitlines(), 1):
+        try:
+            line = json.loads(raw)
+            ok = (line.get("method") == "POST" and line.get("url") == endpoint and isinstance(line.get("body"), dict)
+                  and line.get("custom_id") not in seen)
+        except (json.JSONDecodeError, AttributeError):
+            ok = False
+        if not ok:
+            problems.append({"code": "invalid_request", "line": number, "message": f"line {number} is not a valid "
+                             f"request for {endpoint} (or repeats a custom_id)", "param": None})
+            continue
+        seen.add(line["custom_id"])
+        lines.append(line)
+    return lines, problems
+
+
+def error(message: str, kind: str) -> dict:
+    return {"error": {"message": message, "type": kind}}
 
 
 def prompt_of(body: dict) -> str:
@@ -114,49 +278,96 @@ def json_records(prompt: str) -> list[dict]:
 
 def _handler(server: FakeOpenAI):
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as real servers: benchmarks should not time TCP handshakes
+
         def log_message(self, *args):  # quiet
             pass
 
         def do_GET(self):
-            if self.path.rstrip("/").endswith("/models"):
-                self._send(200, {"object": "list", "data": [{"id": server.model, "object": "model", "created": 0,
-                                                             "owned_by": "fake"}]})
-            else:
-                self._send(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
+            parts = self.path.split("?")[0].rstrip("/").split("/")[2:]  # /v1/a/b -> [a, b]
+            if parts == ["models"]:
+                return self._send(200, listing([{"id": server.model, "object": "model", "created": 0, "owned_by": "fake"}]))
+            if parts == ["files"]:
+                purpose = dict(p.split("=", 1) for p in self.path.partition("?")[2].split("&") if "=" in p).get("purpose")
+                return self._send(200, listing([{k: v for k, v in f.items() if k != "content"}
+                                                for f in server.files.values() if purpose in (None, f["purpose"])]))
+            if len(parts) >= 2 and parts[0] == "files" and parts[1] in server.files:
+                file = server.files[parts[1]]
+                if parts[2:] == ["content"]:
+                    return self._send_bytes(200, file["content"], "application/octet-stream")
+                return self._send(200, {k: v for k, v in file.items() if k != "content"})
+            if parts == ["batches"]:
+                return self._send(200, listing(sorted(server.batches.values(), key=lambda b: b["created_at"], reverse=True)))
+            if len(parts) == 2 and parts[0] == "batches" and parts[1] in server.batches:
+                with server.lock:
+                    return self._send(200, json.loads(json.dumps(server.batches[parts[1]])))
+            self._send(404, error(f"no route {self.path}", "invalid_request_error"))
 
         def do_POST(self):
-            length = int(self.headers.get("content-length") or 0)
+            data = self.rfile.read(int(self.headers.get("content-length") or 0))
+            route = self.path.rstrip("/")
+            if route.endswith("/files"):
+                return self._upload(data)
             try:
-                body = json.loads(self.rfile.read(length) or b"{}")
+                body = json.loads(data or b"{}")
             except json.JSONDecodeError:
-                return self._send(400, {"error": {"message": "invalid JSON body", "type": "invalid_request_error"}})
-            if not self.path.rstrip("/").endswith("/chat/completions"):
-                return self._send(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
+                return self._send(400, error("invalid JSON body", "invalid_request_error"))
+            if route.endswith("/chat/completions"):
+                return self._chat(body)
+            if route.endswith("/batches"):
+                return self._lossy("POST /v1/batches", *server.create_batch(body))
+            m = re.search(r"/batches/([^/]+)/cancel$", route)
+            if m and m.group(1) in server.batches:
+                batch = server.batches[m.group(1)]
+                if batch["status"] in ("validating", "in_progress"):
+                    server._set(batch, status="cancelling", cancelling_at=int(time.time()))
+                return self._send(200, batch)
+            self._send(404, error(f"no route {self.path}", "invalid_request_error"))
+
+        def _chat(self, body: dict):
             reply = server.next_reply(body)
-            if reply.delay:
-                time.sleep(reply.delay)
+            with server.lock:
+                server.in_flight += 1
+                server.max_in_flight = max(server.max_in_flight, server.in_flight)
+            try:
+                if reply.delay:
+                    time.sleep(reply.delay)
+            finally:
+                with server.lock:
+                    server.in_flight -= 1
             if reply.status != 200:
                 kind = "rate_limit_exceeded" if reply.status == 429 else "server_error"
-                return self._send(reply.status, {"error": {"message": f"scripted {reply.status}", "type": kind}},
-                                  reply.headers)
-            prompt_tokens = len(prompt_of(body).split())
-            completion_tokens = len(reply.content.split())
-            answer = {
-                "id": f"chatcmpl-fake{len(server.requests)}", "object": "chat.completion", "created": int(time.time()),
-                "model": body.get("model", server.model),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.content},
-                             "finish_reason": reply.finish_reason}],
-            }
-            if reply.usage:
-                answer["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                                   "total_tokens": prompt_tokens + completion_tokens}
-            self._send(200, answer, reply.headers)
+                return self._send(reply.status, error(f"scripted {reply.status}", kind), reply.headers)
+            self._send(200, server.completion(body, reply), reply.headers)
+
+        def _upload(self, data: bytes):
+            message = BytesParser(policy=HTTP).parsebytes(
+                f"Content-Type: {self.headers.get('content-type')}\r\n\r\n".encode() + data)
+            fields = {}
+            for part in message.iter_parts():
+                name = part.get_param("name", header="content-disposition")
+                fields[name] = (part.get_filename(), part.get_payload(decode=True))
+            if "file" not in fields or "purpose" not in fields:
+                return self._send(400, error("multipart upload needs 'file' and 'purpose'", "invalid_request_error"))
+            file = server.add_file(fields["file"][0] or "upload.jsonl", fields["purpose"][1].decode(), fields["file"][1])
+            server.uploads.append(file["id"])
+            self._lossy("POST /v1/files", 200, file)
+
+        def _lossy(self, route: str, status: int, payload: dict):
+            with server.lock:
+                lose = server.lose_response.get(route, 0)
+                server.lose_response[route] = max(0, lose - 1)
+            if lose and status == 200:  # done, but the client hears a failure
+                return self._send(500, error("scripted: the reply was lost", "server_error"))
+            self._send(status, payload)
 
         def _send(self, status: int, payload: dict, headers: dict | None = None):
-            data = json.dumps(payload, ensure_ascii=False).encode()
+            self._send_bytes(status, json.dumps(payload, ensure_ascii=False).encode(), "application/json", headers)
+
+        def _send_bytes(self, status: int, data: bytes, content_type: str, headers: dict | None = None):
             try:
                 self.send_response(status)
-                self.send_header("content-type", "application/json")
+                self.send_header("content-type", content_type)
                 self.send_header("content-length", str(len(data)))
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
@@ -166,6 +377,11 @@ def _handler(server: FakeOpenAI):
                 pass  # the client gave up (a timeout test)
 
     return Handler
+
+
+def listing(items: list[dict]) -> dict:
+    return {"object": "list", "data": items, "has_more": False, "first_id": items[0].get("id") if items else None,
+            "last_id": items[-1].get("id") if items else None}
 
 
 # ------------------------------------------------------------------------------------ the "model"
@@ -308,10 +524,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--jitter", type=float, default=0.0, help="up to this many seconds more, at random")
+    parser.add_argument("--rate_limit", type=float, default=0.0, help="share of requests refused with 429")
+    parser.add_argument("--retry_after", type=float, default=0.05, help="the Retry-After of those 429s, in seconds")
     parser.add_argument("--style", choices=("numbered", "json"), default="numbered", help="answer format for generate")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    server = FakeOpenAI(args.port, args.delay, args.style, args.seed)
+    server = FakeOpenAI(args.port, args.delay, args.style, args.seed, jitter=args.jitter, rate_limit=args.rate_limit,
+                        retry_after=args.retry_after)
     print(f"fake OpenAI server on {server.url} (Ctrl-C to stop)", flush=True)
     try:
         server.httpd.serve_forever()
