@@ -12,7 +12,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer.models import EMBEDDED  # torch-free
@@ -76,6 +76,7 @@ class CardInfo:
     has_eval_md: bool = False
     remote_code: bool = False
     embedded_base: str | None = None  # the embedded name training used (e.g. gemma3-270m), if any
+    gguf: list[dict] = field(default_factory=list)  # trainer.export's reports of the GGUF files uploaded with it
 
 
 # ------------------------------------------------------------------------------------ table cells
@@ -306,6 +307,35 @@ def _evaluation_section(info: CardInfo) -> list[str]:
     return parts
 
 
+def gguf_section(info: CardInfo) -> list[str]:
+    """How to run the uploaded GGUF files, and how close each came to the source model in the export's check."""
+    if not info.gguf:
+        return []
+    name, repo = info.repo_id.split("/")[1], info.repo_id
+    rows = []
+    for r in info.gguf:
+        c = r["check"]
+        agreement = f"{c['greedy_agreement']:.1%}" if "greedy_agreement" in c else "not measured"
+        rows.append(f"| [{r['gguf']}]({r['gguf']}) | {r['outtype']} | {r['bytes'] / 1e6:.0f} MB | {agreement} | "
+                    f"{_fmt(c.get('max_abs_logit_diff'))} |")
+    first = info.gguf[0]
+    tag, modelfile = first["outtype"].upper(), first["modelfile"]
+    return [
+        "## Run it with llama.cpp or Ollama\n",
+        "The GGUF files carry the training prompt as their chat template, and each has an Ollama Modelfile. "
+        "`trainer.export` checked every file by reloading it with transformers: its prompt renders byte for byte, "
+        "and its next tokens follow the source model's greedy answers to held-out questions:\n",
+        "| file | type | size | next-token agreement | max abs logit difference |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n",
+        "Ollama, straight from this repo (its `template` and `params` files hold the Modelfile's prompt and settings):\n",
+        f"```sh\nollama run hf.co/{repo}:{tag}\n```\n",
+        "or from the Modelfile:\n",
+        f"```sh\nhf download {repo} {first['gguf']} {modelfile} --local-dir {name}\n"
+        f"cd {name} && ollama create {name} -f {modelfile} && ollama run {name}\n```\n",
+        "llama.cpp (`--jinja` applies the chat template from the file):\n",
+        f"```sh\nllama-cli -hf {repo}:{tag} --jinja\nllama-server -hf {repo}:{tag} --jinja   # OpenAI-compatible API on :8080\n```\n",
+    ]
+
+
 def model_card(info: CardInfo) -> str:
     from huggingface_hub import ModelCard
 
@@ -316,5 +346,6 @@ def model_card(info: CardInfo) -> str:
     if info.has_loss_plot:
         parts.append("![loss](loss.png)\n")
     parts += _evaluation_section(info)
+    parts += gguf_section(info)
     body = "\n".join(parts)
     return str(ModelCard(f"---\n{_metadata(info)}\n---\n\n{body}"))

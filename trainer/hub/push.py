@@ -1,7 +1,8 @@
 """Publish a trained model folder to the Hugging Face Hub, with a generated model card.
 
     python -m trainer.push --model_dir out --repo_id USER/NAME [--private] [--dry_run] \
-        [--datasets ID ...] [--license L] [--base_model ORG/NAME] [--commit_message M]
+        [--datasets ID ...] [--license L] [--base_model ORG/NAME] [--commit_message M] \
+        [--gguf out/gguf/NAME-q8_0.gguf ...]
 
 `--model_dir` is an output folder of `python -m trainer.train`: a full model (config.json +
 *.safetensors) or a LoRA adapter (adapter_config.json + adapter_model.safetensors), next to the
@@ -454,9 +455,50 @@ def _write_card(folder: ModelFolder, staging: Path, args, base: ResolvedBase, ev
         license=args.license or default_license(base.hub_id or base.recorded), summary=folder.summary,
         eval_data=eval_data, has_loss_plot="loss.png" in folder.files, has_eval_md="eval.md" in folder.files,
         remote_code=folder.remote_code, embedded_base=base.recorded if base.recorded in EMBEDDED else None,
+        gguf=args.exports,
     )
     (staging / "README.md").write_text(model_card(info), encoding="utf-8")
     return {"README.md": f"model card (generated), the front page of {repo_url(args.repo_id)}"}
+
+
+def read_exports(paths: list[str]) -> list[dict]:
+    """The reports `trainer.export` wrote beside each GGUF; a file without one, or one that failed its check,
+    is not published."""
+    exports = []
+    for name in paths:
+        gguf = Path(name)
+        report_path, modelfile = gguf.with_suffix(".export.json"), gguf.with_suffix(".Modelfile")
+        if gguf.suffix != ".gguf" or not gguf.is_file():
+            raise PushError(f"--gguf {name}: no such .gguf file. Make one with `python -m trainer.export --gguf {name} ...`.")
+        if not report_path.is_file() or not modelfile.is_file():
+            raise PushError(f"--gguf {name}: {report_path.name} or {modelfile.name} is missing beside it; "
+                            f"export it with `python -m trainer.export --gguf {name} ...`, which writes both.")
+        report = _read_json(report_path)
+        if report.get("bytes") != gguf.stat().st_size:
+            raise PushError(f"--gguf {name}: the file changed since {report_path.name} was written; export it again.")
+        if not isinstance(report.get("problems"), list) or not isinstance(report.get("check"), dict):
+            raise PushError(f"--gguf {name}: {report_path.name} holds no check result; export it again.")
+        if report["problems"]:
+            raise PushError(f"--gguf {name} did not pass the export's check ({'; '.join(report['problems'])}); it is not published.")
+        exports.append(dict(report, path=str(gguf)))
+    return exports
+
+
+def _stage_gguf(exports: list[dict], staging: Path) -> dict[str, str]:
+    """Each GGUF with its Modelfile and report, plus the `template` and `params` files that
+    `ollama run hf.co/USER/REPO` reads from a repo (the TEMPLATE and PARAMETERs of the Modelfile)."""
+    notes = {}
+    for report in exports:
+        gguf = Path(report["path"])
+        for path in (gguf, gguf.with_suffix(".Modelfile"), gguf.with_suffix(".export.json")):
+            link_or_copy(path, staging / path.name)
+        notes[gguf.name] = f"GGUF ({report['outtype']}) from trainer.export"
+    if exports:
+        ollama = exports[0]["ollama"]
+        (staging / "template").write_text(ollama["template"], encoding="utf-8")
+        (staging / "params").write_text(json.dumps(ollama["params"], indent=2) + "\n", encoding="utf-8")
+        notes |= {"template": "Ollama's TEMPLATE for hf.co runs", "params": "Ollama's parameters for hf.co runs"}
+    return notes
 
 
 def stage_model(folder: ModelFolder, staging: Path, args) -> dict[str, str]:
@@ -469,6 +511,7 @@ def stage_model(folder: ModelFolder, staging: Path, args) -> dict[str, str]:
     notes |= _clean_summary(folder, staging, base)
     eval_data, eval_notes = _clean_eval_reports(folder, staging)
     notes |= eval_notes
+    notes |= _stage_gguf(args.exports, staging)
     notes |= _write_card(folder, staging, args, base, eval_data)
     return notes
 
@@ -486,6 +529,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--license", default=None, help="license id for the card (default: from the base model)")
     parser.add_argument("--base_model", default=None, help="Hub id of the base model, when the folder names a local path")
     parser.add_argument("--commit_message", default=None)
+    parser.add_argument("--gguf", nargs="+", default=[],
+                        help="GGUF files written by `python -m trainer.export` to upload as well, each with its Modelfile")
     parser.add_argument("--output_dir", default=None,
                         help="write what would be uploaded into this folder instead (a model kept in git: adapter in "
                              "bf16, an embedded base's tokenizer left to the base); no network, no token")
@@ -535,6 +580,7 @@ def write_folder(folder: ModelFolder, staging: Path, output_dir: str) -> str:
 def push(args: argparse.Namespace) -> str:
     check_repo_id(args.repo_id)
     folder = inspect_model_dir(args.model_dir)
+    args.exports = read_exports(args.gguf)
     logger.info("%s: %s model, %d files on the allow-list", args.model_dir, folder.kind, len(folder.files))
     skipped = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.path.iterdir() if p.name not in folder.files)
     if skipped:

@@ -612,3 +612,78 @@ def test_output_dir_writes_a_compact_adapter_that_publishes_with_its_base_tokeni
     assert files["tokenizer.json"] == (base / "tokenizer.json").read_bytes()
     assert files["chat_template.jinja"] == (out / "chat_template.jinja").read_bytes()
     assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+# --------------------------------------------------------------------------------- trainer.push --gguf
+
+
+def fake_export(folder: Path, check: dict) -> Path:
+    """A GGUF file and what trainer.export writes beside it, with a given check result (no converter needed)."""
+    gguf = folder / "m-q8_0.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    gguf.with_suffix(".Modelfile").write_text("FROM ./m-q8_0.gguf\n")
+    from trainer.export_check import check_passed
+
+    report = {"gguf": gguf.name, "outtype": "q8_0", "bytes": gguf.stat().st_size, "modelfile": "m-q8_0.Modelfile", "check": check,
+              "problems": check_passed(check), "ollama": {"template": "{{ .Content }}", "params": {"stop": ["### Instruksi"]}}}
+    gguf.with_suffix(".export.json").write_text(json.dumps(report))
+    return gguf
+
+
+PASSED = {"gguf_chat_template_renders_training_prompt": True, "modelfile_template_renders_training_prompt": True,
+          "token_id_mismatches": 0, "records": 4, "greedy_agreement": 0.995, "max_abs_logit_diff": 0.5}
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no report", "m-q8_0.export.json or m-q8_0.Modelfile is missing beside it"),
+    ("failed check", "did not pass the export's check (next-token agreement along greedy answers 90.00% is below 99%)"),
+    ("changed file", "the file changed since m-q8_0.export.json was written"),
+    ("not gguf", "no such .gguf file"),
+])
+def test_gguf_without_a_passed_export_is_refused(full_dir, hub, tmp_path, case, message):
+    gguf = fake_export(tmp_path, dict(PASSED, greedy_agreement=0.9) if case == "failed check" else PASSED)
+    if case == "no report":
+        gguf.with_suffix(".export.json").unlink()
+    elif case == "changed file":
+        gguf.write_bytes(b"GGUF" + bytes(61))
+    elif case == "not gguf":
+        gguf = gguf.with_suffix(".bin")
+    result = cli("trainer.push", "--model_dir", full_dir, "--repo_id", "alpaca-medis/g", "--gguf", gguf, env=hub_env(hub, tmp_path))
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert ("model", "alpaca-medis/g") not in hub.repos
+
+
+@pytest.mark.slow
+def test_push_gguf_uploads_the_export_with_ollama_files_and_a_card_section(hub, tmp_path):
+    """A tiny Llama with SmolLM2's tokenizer (llama.cpp's converter must recognise it) trained 2 steps, exported to
+    q8_0 by trainer.export, and pushed with --gguf."""
+    from transformers import AutoTokenizer
+
+    from conftest import build_model
+    from trainer.models import prepare_embedded
+
+    tokenizer = AutoTokenizer.from_pretrained(prepare_embedded("smollm2-135m"))
+    base = tmp_path / "base"
+    build_model("llama", len(tokenizer)).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    model = train(base, tmp_path / "out", "--template", "alpaca-id")
+    gguf = tmp_path / "gguf" / "tiny-medis-id-q8_0.gguf"
+    export = run_module("trainer.export", "--model_dir", model, "--gguf", gguf, "--outtype", "q8_0", "--verify_records", "2",
+                        "--min_agreement", "0.5")  # an untrained model's top tokens are near ties
+    assert export.returncode == 0, export.stderr[-3000:]
+    result = cli("trainer.push", "--model_dir", model, "--repo_id", "alpaca-medis/tiny-medis-id", "--gguf", gguf,
+                 env=hub_env(hub, tmp_path / "home"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = hub.files("alpaca-medis/tiny-medis-id")
+    assert files["tiny-medis-id-q8_0.gguf"] == gguf.read_bytes()
+    assert files["tiny-medis-id-q8_0.Modelfile"] == gguf.with_suffix(".Modelfile").read_bytes()
+    report = json.loads(gguf.with_suffix(".export.json").read_text())
+    assert files["template"].decode() == report["ollama"]["template"] and "### Tanggapan:" in files["template"].decode()
+    assert json.loads(files["params"])["stop"] == list(get_template("alpaca-id").stop_markers)
+    card = files["README.md"].decode()
+    assert "## Run it with llama.cpp or Ollama" in card
+    assert "ollama run hf.co/alpaca-medis/tiny-medis-id:Q8_0" in card and "llama-cli -hf alpaca-medis/tiny-medis-id:Q8_0 --jinja" in card
+    assert f"| [tiny-medis-id-q8_0.gguf](tiny-medis-id-q8_0.gguf) | q8_0 | {report['bytes'] / 1e6:.0f} MB | " \
+           f"{report['check']['greedy_agreement']:.1%} |" in card
+    assert all(str(tmp_path).encode() not in files[name] for name in files if not name.endswith(".gguf"))
+    assert_clean(result, files)
