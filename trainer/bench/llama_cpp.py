@@ -1,0 +1,85 @@
+"""An exported GGUF in real llama.cpp (llama-cpp-python): its tokens, its chat template, its greedy answers and
+its speed, against the source model in transformers.
+
+    pip install llama-cpp-python        # builds llama.cpp from source: ~20 min on 2 CPU cores, so not in CI
+    python -m trainer.bench.llama_cpp --gguf out/gguf/alpaca-medis-270m-q8_0.gguf [--model alpaca-medis-270m] [--records 48]
+
+For each held-out record (data/sample.jsonl, the demo's empty-input prompt):
+- the prompt rendered by the source's chat template, tokenized by llama.cpp (special tokens parsed) and by
+  the source's tokenizer: equal or not;
+- llama.cpp's chat completion, whose prompt llama-cpp-python renders from the GGUF's own chat template,
+  greedy with no repetition penalty, against the source model's greedy answer in fp32: equal, or the
+  word where they part.
+Prints one line per record that differs and a summary, and --output_json FILE gets every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "data" / "sample.jsonl"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gguf", required=True)
+    parser.add_argument("--model", default="alpaca-medis-270m", help="the source the GGUF was exported from")
+    parser.add_argument("--data_path", default=str(DEFAULT_DATA))
+    parser.add_argument("--records", type=int, default=48)
+    parser.add_argument("--new_tokens", type=int, default=48)
+    parser.add_argument("--output_json", default=None)
+    args = parser.parse_args(argv)
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        print("error: needs llama-cpp-python: `pip install llama-cpp-python` (it builds llama.cpp, ~20 min on 2 cores).",
+              file=sys.stderr)
+        return 2
+    import torch
+
+    from trainer.export import load_records
+    from trainer.models import load_model, load_tokenizer
+
+    tokenizer, model = load_tokenizer(args.model), load_model(args.model).eval()
+    start = time.perf_counter()
+    llm = Llama(model_path=args.gguf, n_ctx=2048, n_threads=torch.get_num_threads(), verbose=False)
+    result = {"gguf": Path(args.gguf).name, "load_seconds": round(time.perf_counter() - start, 2),
+              "chat_format": llm.chat_format, "records": 0, "same_tokens": 0, "same_answers": 0,
+              "llama_cpp_tokens": 0, "llama_cpp_seconds": 0.0}
+    for record in load_records(Path(args.data_path), args.records):
+        messages = [{"role": "user", "content": record["input"] or record["instruction"]}]
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        same_tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True) == ids
+        with torch.no_grad():
+            answer = model.generate(torch.tensor([ids]), max_new_tokens=args.new_tokens, do_sample=False)[0, len(ids):]
+        want = tokenizer.decode(answer, skip_special_tokens=True).strip()
+        start = time.perf_counter()
+        reply = llm.create_chat_completion(messages=messages, temperature=0.0, top_k=1, max_tokens=args.new_tokens,
+                                           repeat_penalty=1.0)
+        result["llama_cpp_seconds"] += time.perf_counter() - start
+        result["llama_cpp_tokens"] += reply["usage"]["completion_tokens"]
+        got = reply["choices"][0]["message"]["content"].strip()
+        result["records"] += 1
+        result["same_tokens"] += same_tokens
+        result["same_answers"] += got == want
+        if got != want or not same_tokens:
+            common = next((i for i, (a, b) in enumerate(zip(want.split(), got.split())) if a != b), None)
+            print(f"record {result['records']}: tokens {'equal' if same_tokens else 'DIFFER'}; answers part at word {common}: "
+                  f"{want[:90]!r} | {got[:90]!r}")
+    result["llama_cpp_tokens_per_second"] = round(result["llama_cpp_tokens"] / max(result["llama_cpp_seconds"], 1e-9), 1)
+    print(f"{result['gguf']} in llama.cpp (chat format {result['chat_format']}, loaded in {result['load_seconds']} s): prompt tokens "
+          f"equal in {result['same_tokens']}/{result['records']} records, greedy answers equal in "
+          f"{result['same_answers']}/{result['records']}; {result['llama_cpp_tokens_per_second']} answer tokens/s "
+          "(prompt processing included)")
+    if args.output_json:
+        Path(args.output_json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
