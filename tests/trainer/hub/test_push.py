@@ -636,7 +636,7 @@ PASSED = {"gguf_chat_template_renders_training_prompt": True, "modelfile_templat
 
 @pytest.mark.parametrize("case, message", [
     ("no report", "m-q8_0.export.json or m-q8_0.Modelfile is missing beside it"),
-    ("failed check", "did not pass the export's check (next-token agreement along greedy answers 90.00% is below 99%)"),
+    ("failed check", "did not pass the export's check (next-token agreement along greedy answers 90.00% is below 99.00%)"),
     ("changed file", "the file changed since m-q8_0.export.json was written"),
     ("not gguf", "no such .gguf file"),
 ])
