@@ -46,7 +46,7 @@ model: prepare  ## train alpaca-medis-270m (~65 min on 2 CPU cores), evaluate it
 
 # The shipped model for llama.cpp / Ollama: merged, converted by llama.cpp's converter, checked by reloading.
 GGUF_DIR ?= out/gguf
-gguf: prepare  ## export alpaca-medis-270m to GGUF (f16 and q8_0) with Ollama Modelfiles, into $(GGUF_DIR)/
+gguf: prepare  ## export alpaca-medis-270m to GGUF (f16 and q8_0) with Ollama Modelfiles, into $(GGUF_DIR)/ (~8 min each here, mostly the check)
 	for t in f16 q8_0; do $(PY) -m trainer.export --model_dir models/alpaca-medis-270m --gguf $(GGUF_DIR)/alpaca-medis-270m-$$t.gguf --outtype $$t || exit 1; done
 
 /usr/bin/chromium:  ## the browser tests drive Debian's chromium through Playwright
