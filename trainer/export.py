@@ -133,6 +133,9 @@ def check_architecture(config: dict) -> None:
     if architecture not in SUPPORTED:
         raise ExportError(f"{architecture} is not among the architectures this export is tested with: "
                           + "; ".join(f"{k} ({v})" for k, v in SUPPORTED.items()) + ".")
+    if architecture == "GPT2LMHeadModel" and config.get("n_inner") not in (None, 4 * config.get("n_embd", 0)):
+        raise ExportError(f"n_inner {config['n_inner']} is not 4 x n_embd, which llama.cpp's GPT-2 converter assumes: "
+                          "the file would be wrong.")
     if architecture == "Gemma3ForCausalLM":
         # llama.cpp runs every Gemma 3 as the releases are built: every sixth layer global, queries scaled by
         # 1/sqrt(head_dim). The GGUF has no field for anything else, so another model would load and answer wrongly.
@@ -205,11 +208,8 @@ def _replace(path: Path, text: str) -> None:
 
 
 def _gpt2_config(folder: Path) -> None:
-    """llama.cpp's GPT-2 converter reads `n_ctx`, which transformers 5 no longer writes (it is `n_positions`),
-    and assumes a feed-forward width of 4 x n_embd."""
+    """llama.cpp's GPT-2 converter reads `n_ctx`, which transformers 5 no longer writes (it is `n_positions`)."""
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    if config.get("n_inner") not in (None, 4 * config["n_embd"]):
-        raise ExportError(f"n_inner {config['n_inner']} != 4 x n_embd: llama.cpp's GPT-2 converter cannot express it.")
     if "n_ctx" not in config:
         _replace(folder / "config.json", json.dumps(dict(config, n_ctx=config["n_positions"]), indent=2))
 
