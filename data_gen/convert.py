@@ -24,10 +24,11 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from data_gen.output import write_atomic
 from data_gen.rouge import RougeDedup
 from trainer.records import DOCTOR_INSTRUCTION, DataError, LoadedData, load_records, near_dup_key
 
@@ -153,26 +154,12 @@ def dedup(
 
 def write_records(records: list[dict], path: str, fmt: str) -> None:
     """JSON array (fmt "json") or JSON Lines ("jsonl"), UTF-8, atomically: temp file, then rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the output private
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            if fmt == "json":
-                json.dump(records, f, ensure_ascii=False, indent=2)
-                f.write("\n")
-            else:
-                for r in records:
-                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if fmt == "json":
+        text = json.dumps(records, ensure_ascii=False, indent=2) + "\n"
+    else:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    write_atomic(Path(path), text)
 
 
 def output_format(path: str, to: str | None) -> str:

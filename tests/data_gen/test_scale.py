@@ -300,6 +300,7 @@ def test_expired_and_failed_batch_items_are_reported_and_retried_through_the_nor
             "records translated 3, not 4 (HTTP 500 2, untranslated 1, batch_expired 1)") in stdout
     assert sorted(sent_indices(body) for body in server.requests) == [[1, 2], [3, 6]]  # the normal path
     assert read(out) == expected(SOURCE)  # in source order again, though 1, 2, 3, 6 came last
+    assert out.stat().st_mode & 0o777 != 0o600  # the rewrite keeps a shareable mode, not mkstemp's private one
 
 
 def test_batch_failed_list_reports_the_items_and_a_rerun_batches_only_those(tmp_path, capsys):
