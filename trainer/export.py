@@ -180,8 +180,8 @@ def inspect_source(model_dir: str, template: str | None = None, base_model: str 
 
 # --- the folder the converter reads ---------------------------------------------------------------
 
-def stage(source: Source, folder: Path) -> None:
-    """A full checkpoint with our chat template: the adapter merged, or the model's files linked."""
+def stage(source: Source, tokenizer, folder: Path) -> None:
+    """A full checkpoint with our chat template (`tokenizer`'s): the adapter merged, or the model's files linked."""
     if source.base:
         from trainer.merge import merge
 
@@ -194,7 +194,7 @@ def stage(source: Source, folder: Path) -> None:
         base_dir = source.path
     if not (folder / "tokenizer.model").exists() and (base_dir / "tokenizer.model").exists():
         shutil.copyfile(base_dir / "tokenizer.model", folder / "tokenizer.model")  # llama.cpp prefers SentencePiece's file
-    _write_chat_template(source, folder)
+    _write_chat_template(tokenizer, folder)
     if source.architecture == "GPT2LMHeadModel":
         _gpt2_config(folder)
     if source.architecture == "Gemma3ForCausalLM" and not (folder / "tokenizer.model").exists():
@@ -214,17 +214,9 @@ def _gpt2_config(folder: Path) -> None:
         _replace(folder / "config.json", json.dumps(dict(config, n_ctx=config["n_positions"]), indent=2))
 
 
-def _write_chat_template(source: Source, folder: Path) -> None:
+def _write_chat_template(tokenizer, folder: Path) -> None:
     """The converter copies chat_template.jinja into the GGUF; tokenizer_config.json's own entry would win."""
-    from transformers import AutoTokenizer
-
-    from trainer.prompts import chat_template_for
-
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    ours = chat_template_for(tokenizer, source.template)
-    if tokenizer.chat_template and tokenizer.chat_template != ours:
-        source.notes.append(f"the folder's chat template is not {source.template.name}'s; the GGUF gets {source.template.name}'s")
-    _replace(folder / "chat_template.jinja", ours)
+    _replace(folder / "chat_template.jinja", tokenizer.chat_template)
     config_path = folder / "tokenizer_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     if config.pop("chat_template", None) is not None:
@@ -306,13 +298,14 @@ def load_records(path: Path, limit: int) -> list[dict]:
 
 
 def _source_tokenizer(source: Source):
-    from transformers import AutoTokenizer
-
-    own = (source.path / "tokenizer_config.json").exists() or not source.base
-    tokenizer = AutoTokenizer.from_pretrained(source.path if own else models.resolve(source.base))
+    """The source's tokenizer with the chat template it was trained with."""
     from trainer.prompts import chat_template_for
 
-    tokenizer.chat_template = chat_template_for(tokenizer, source.template)
+    tokenizer = models.load_tokenizer(str(source.path), base=source.base)
+    ours = chat_template_for(tokenizer, source.template)
+    if tokenizer.chat_template and tokenizer.chat_template != ours:
+        source.notes.append(f"the folder's chat template is not {source.template.name}'s; the GGUF gets {source.template.name}'s")
+    tokenizer.chat_template = ours
     return tokenizer
 
 
@@ -338,6 +331,7 @@ def export(args: argparse.Namespace) -> dict:
     for stale in (out.with_suffix(".export.json"), out.with_suffix(".Modelfile")):  # never beside a different GGUF
         stale.unlink(missing_ok=True)
     seconds: dict[str, float] = {}
+    tokenizer = _source_tokenizer(source)
     folder = Path(tempfile.mkdtemp(prefix=f".{out.stem}-", dir=out.parent))  # beside OUT: a merged model can be large
     steps = ["merge" if source.base else "stage", "convert", "check"]
     try:
@@ -346,10 +340,9 @@ def export(args: argparse.Namespace) -> dict:
                 bar.set_description(f"{source.name}: {step}")
                 start = time.perf_counter()
                 if step in ("merge", "stage"):
-                    stage(source, folder)
+                    stage(source, tokenizer, folder)
                 elif step == "convert":
                     run_converter(folder, out, args.outtype, args.name or source.name, folder / "convert.log")
-                    tokenizer = _source_tokenizer(source)
                     ollama = ollama_files(source.template, tokenizer.eos_token, out.name, args.name or source.name)
                     out.with_suffix(".Modelfile").write_text(ollama["modelfile"], encoding="utf-8")
                 else:

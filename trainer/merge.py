@@ -37,12 +37,7 @@ def merge(adapter: str, output_dir: str, base_model: str | None = None) -> None:
     base = base_of(adapter, base_model)
     model = PeftModel.from_pretrained(load_model(base, dtype=torch.float32), adapter).merge_and_unload()
     model.save_pretrained(output_dir)
-    own_tokenizer = os.path.exists(os.path.join(adapter, "tokenizer_config.json"))
-    tokenizer = load_tokenizer(adapter if own_tokenizer or not base_model else base)
-    if not own_tokenizer and os.path.exists(os.path.join(adapter, "chat_template.jinja")):
-        with open(os.path.join(adapter, "chat_template.jinja"), encoding="utf-8") as f:
-            tokenizer.chat_template = f.read()  # the template the adapter was trained with, not the base's
-    tokenizer.save_pretrained(output_dir)
+    load_tokenizer(adapter, base=base).save_pretrained(output_dir)  # it carries the adapter's chat_template
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -193,14 +193,15 @@ def adapter_base(path: str) -> str | None:
         return json.load(f).get("base_model_name_or_path")
 
 
-def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | None = None):
+def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | None = None, base: str | None = None):
     """The tokenizer of a model; for an adapter folder without one (the shipped alpaca-medis-270m: Gemma's
-    tokenizer is 33 MB), its base's tokenizer with the folder's chat_template.jinja."""
+    tokenizer is 33 MB), its base's tokenizer (`base`, else the one the adapter names) with the folder's
+    chat_template.jinja."""
     from transformers import AutoTokenizer
 
     path = resolve(name)
     if is_adapter(path) and not os.path.exists(os.path.join(path, "tokenizer_config.json")):
-        tokenizer = load_tokenizer(adapter_base(path), trust_remote_code, revision)
+        tokenizer = load_tokenizer(base or adapter_base(path), trust_remote_code, revision)
         template = Path(path, "chat_template.jinja")
         if template.exists():
             tokenizer.chat_template = template.read_text(encoding="utf-8")
