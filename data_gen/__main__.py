@@ -4,6 +4,7 @@
     python -m data_gen translate --base_url URL --model M --data_path chatdoctor5k.json --out id.jsonl
     python -m data_gen convert ...
     python -m data_gen stats ...
+    python -m data_gen conditions --out out/conditions.jsonl
     python -m data_gen COMMAND --help
 
 Commands:
@@ -13,6 +14,7 @@ Commands:
              aligned by source_index (resumable)
   convert    convert between data formats (data_gen/convert.py)
   stats      statistics of an Alpaca dataset (data_gen/stats.py)
+  conditions Alpaca records from the condition cards of data/conditions/ (offline, or through a chat model)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ COMMANDS = {
     "translate": "data_gen.translate",
     "convert": "data_gen.convert",
     "stats": "data_gen.stats",
+    "conditions": "data_gen.conditions",
 }
 
 
