@@ -12,7 +12,14 @@ trained with `trainer.train` never saw them. For each model and prompt shape:
   scored against the reference with ROUGE-L F (data_gen/rouge.py) and chrF (sacrebleu); its length in
   words, whether it stopped on EOS, whether it is Indonesian (data_gen's language check) and whether
   it loops (a word 4-gram three times or more).
-Writes `eval.json` and `eval.md` (the comparison table and side-by-side samples) to --output_dir.
+With --questions (the project's question set, data/eval/questions.jsonl), every model also answers
+what users ask, in both prompt shapes, scored by trainer/eval_conditions.py: right condition named,
+emergency care advised for red flags, no advice that delays it, Indonesian, stops, length:
+
+    python -m trainer.evaluate --model gemma3-270m --model models/alpaca-medis-270m --template alpaca-id \
+        --questions data/eval/questions.jsonl --output_dir eval
+
+Writes `eval.json` and `eval.md` (the comparison tables and side-by-side samples) to --output_dir.
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ import sys
 
 import torch
 
+from data_gen.cards import CardError, load_cards
 from trainer import batches as batch_lib
+from trainer import eval_conditions
 from trainer import records as record_lib
 from trainer.eval_report import SHAPES, answer_metrics, comparison_table, messages_for
 from trainer.models import ModelError
@@ -79,18 +88,38 @@ def greedy_answers(chat: ChatModel, conversations: list[list[dict]], max_new_tok
     return results
 
 
-def evaluate_model(name: str, records: list[dict], max_new_tokens: int, template: str | None = None,
-                   shapes=tuple(SHAPES), batch_size: int = 16, dtype: torch.dtype = torch.float32,
-                   answers: bool = True) -> dict:
-    """{shape: metrics} for one model; with answers=False only the loss (cheap: no generation)."""
+def load_chat(name: str, template: str | None = None, dtype: torch.dtype = torch.float32) -> ChatModel:
     # fp32 by default: losses and greedy answers stay comparable across machines (the app picks bf16
     # where a CPU runs it fast, which shifts both a little).
     try:
-        chat = ChatModel.load(name, dtype=dtype)  # the model's own chat_template ...
+        return ChatModel.load(name, dtype=dtype)  # the model's own chat_template ...
     except ModelError:
         if not template:
             raise
-        chat = ChatModel.load(name, template, dtype=dtype)  # ... or --template when it has none
+        return ChatModel.load(name, template, dtype=dtype)  # ... or --template when it has none
+
+
+def evaluate_questions(name: str, chat: ChatModel, questions, cards, max_new_tokens: int, shapes=tuple(SHAPES),
+                       batch_size: int = 16) -> dict:
+    """{shape: metrics} of one model's greedy answers to the question set."""
+    results = {}
+    for shape in shapes:
+        answered = greedy_answers(chat, [messages_for(q.record(), shape) for q in questions], max_new_tokens, batch_size,
+                                  f"{os.path.basename(name.rstrip('/'))} questions ({shape})")
+        m = results[shape] = eval_conditions.question_metrics([a for a, _ in answered], [f for _, f in answered],
+                                                              questions, cards)
+        logger.info("%s questions (%s): right condition %.0f%%, emergency advised %.0f%% of red flags, delays %.0f%%, "
+                    "Indonesian %.0f%%, EOS %.0f%%, %.0f words", name, shape, 100 * m["right_condition_share"],
+                    100 * m["emergency_share"], 100 * m["delays_share"], 100 * m["indonesian_share"],
+                    100 * m["eos_share"], m["answer_words_mean"])
+    return results
+
+
+def evaluate_model(name: str, records: list[dict], max_new_tokens: int, template: str | None = None,
+                   shapes=tuple(SHAPES), batch_size: int = 16, dtype: torch.dtype = torch.float32,
+                   answers: bool = True, chat: ChatModel | None = None) -> dict:
+    """{shape: metrics} for one model; with answers=False only the loss (cheap: no generation)."""
+    chat = chat or load_chat(name, template, dtype)
     results = {}
     for shape in shapes:
         # On the thread that generates: a second thread running torch ops slows both (serve.inference.TORCH_THREAD).
@@ -139,8 +168,12 @@ def held_out_share(models: list[str], data_path: str, val_set_size: float | None
 
 
 def report_markdown(result: dict, samples: int = 3) -> str:
-    lines = [comparison_table(result)]
+    lines = [comparison_table(result)] if result.get("models") else []
     shapes = result.get("shapes") or list(SHAPES)
+    if result.get("questions"):
+        lines += questions_markdown(result["questions"], shapes, samples)
+    if not result.get("models"):
+        return "\n".join(lines) + "\n"
     for i, record in enumerate(result["samples"][:samples]):
         lines += ["", f"**Sample {i + 1}.** {record['input'] or record['instruction']}", "",
                   f"- reference: {record['output']}"]
@@ -149,10 +182,24 @@ def report_markdown(result: dict, samples: int = 3) -> str:
     return "\n".join(lines) + "\n"
 
 
+def questions_markdown(asked: dict, shapes, samples: int = 3) -> list[str]:
+    lines = ["", f"{asked['count']} questions of the project's question set ({asked['conditions']} conditions, "
+             f"{asked['red_flag_questions']} with red flags), greedy answers of at most {asked['max_new_tokens']} tokens.",
+             "", eval_conditions.questions_table(asked)]
+    for i, q in enumerate(asked["items"][:samples]):
+        lines += ["", f"**Question {q['id']}** ({q['condition']}{', red flag' if q['red_flag'] else ''}). {q['question']}", ""]
+        lines += [f"- `{name}` ({shape}): {m[shape]['answers'][i]}" for name, m in asked["models"].items() for shape in shapes]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", required=True, help="repeat to compare models (name, folder or Hub id)")
-    parser.add_argument("--data_path", required=True)
+    parser.add_argument("--data_path", default=None, help="held-out Alpaca records (the split training held out)")
+    parser.add_argument("--questions", default=None, help="the project's question set (data/eval/questions.jsonl): "
+                        "answers scored for the right condition and emergency advice")
+    parser.add_argument("--questions_max_new_tokens", type=int, default=160,
+                        help="answer budget for --questions (default %(default)s)")
     parser.add_argument("--split", choices=("val", "train"), default="val")
     parser.add_argument("--val_set_size", type=float, default=None,
                         help="as in training; default: what a model folder's train_summary.json records, "
@@ -173,18 +220,39 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in shapes if s not in SHAPES]
     if unknown or not shapes:
         parser.error(f"--shapes {args.shapes!r}: choose from {', '.join(SHAPES)}")
+    if not (args.data_path or args.questions):
+        parser.error("give --data_path (held-out records), --questions (the question set), or both")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    models, asked = {}, {}
     try:
-        val_set_size = held_out_share(args.model, args.data_path, args.val_set_size)
-        chosen = select_records(args.data_path, args.split, val_set_size, args.limit)
-        models = {name: evaluate_model(name, chosen, args.max_new_tokens, args.template, shapes, args.batch_size,
-                                       getattr(torch, args.dtype), answers=name not in args.loss_only)
-                  for name in args.model}
-    except (record_lib.DataError, ModelError, SummaryError) as e:
+        if args.questions:
+            cards = load_cards()
+            questions = eval_conditions.load_questions(args.questions, cards)
+        if args.data_path:
+            val_set_size = held_out_share(args.model, args.data_path, args.val_set_size)
+            chosen = select_records(args.data_path, args.split, val_set_size, args.limit)
+        for name in args.model:
+            chat = load_chat(name, args.template, getattr(torch, args.dtype))
+            if args.data_path:
+                models[name] = evaluate_model(name, chosen, args.max_new_tokens, args.template, shapes, args.batch_size,
+                                              getattr(torch, args.dtype), answers=name not in args.loss_only, chat=chat)
+            if args.questions:
+                asked[name] = evaluate_questions(name, chat, questions, cards, args.questions_max_new_tokens, shapes,
+                                                 args.batch_size)
+            del chat
+    except (record_lib.DataError, ModelError, SummaryError, CardError, eval_conditions.QuestionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    result = {"data_path": args.data_path, "split": args.split, "records": len(chosen), "max_new_tokens": args.max_new_tokens,
-              "dtype": args.dtype, "shapes": shapes, "models": models, "samples": chosen[:5]}
+    result = {"dtype": args.dtype, "shapes": shapes}
+    if args.data_path:
+        result.update({"data_path": args.data_path, "split": args.split, "records": len(chosen),
+                       "max_new_tokens": args.max_new_tokens, "models": models, "samples": chosen[:5]})
+    if args.questions:
+        result["questions"] = {"path": args.questions, "count": len(questions),
+                               "conditions": len({q.condition for q in questions}),
+                               "red_flag_questions": sum(q.red_flag for q in questions),
+                               "max_new_tokens": args.questions_max_new_tokens,
+                               "items": [vars(q) for q in questions], "models": asked}
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "eval.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, ensure_ascii=False, indent=2)
