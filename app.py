@@ -27,6 +27,7 @@ from trainer.serve.batching import BatchedChat
 from trainer.serve.defaults import DISCLAIMER, GENERATION
 from trainer.serve.inference import MAX_NEW_TOKENS, BusyError, ChatModel, InputError
 from trainer.serve.openai_api import router
+from trainer.serve.redflags import strip_notice, with_notice
 
 HERE = Path(__file__).parent
 SAMPLE = HERE / "data" / "sample.jsonl"
@@ -58,10 +59,13 @@ def model_line(chat: ChatModel) -> str:
 
 def build_demo(chat: ChatModel, config: dict = DEFAULTS) -> gr.ChatInterface:
     def respond(message, history, max_new_tokens, temperature, top_p, repetition_penalty):
-        turns = [{"role": m["role"], "content": m["content"]} for m in history if isinstance(m.get("content"), str)]
+        turns = [{"role": m["role"], "content": strip_notice(m["content"]) if m["role"] == "assistant" else m["content"]}
+                 for m in history if isinstance(m.get("content"), str)]
         try:
-            yield from chat.stream(message, turns, max_new_tokens=max_new_tokens, temperature=temperature,
-                                   top_p=top_p, repetition_penalty=repetition_penalty)
+            # A red flag in the message puts the emergency notice above the answer, whatever the model says.
+            yield from with_notice(message, chat.stream(message, turns, max_new_tokens=max_new_tokens,
+                                                        temperature=temperature, top_p=top_p,
+                                                        repetition_penalty=repetition_penalty))
         except (InputError, BusyError) as e:  # the message says what to do (shorten it, retry shortly)
             raise gr.Error(str(e)) from None
         except Exception as e:  # shown in the UI; the server keeps serving
