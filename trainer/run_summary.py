@@ -44,6 +44,7 @@ class RecordCounts:
     val_evaluated: int = 0
     train_used: int = 0
     train_empty_input: int = 0  # rendered in the demo's empty-input shape (--empty_input_share)
+    train_extra: int = 0  # training-only records added after the split (--extra_data_path)
     val_set_size: float | None = None  # as given (share or count): evaluate re-derives the same split
 
 

@@ -61,6 +61,11 @@ class ModelArguments:
     lora_target_modules: str | None = field(
         default=None, metadata={"help": "Comma-separated module names, e.g. q_proj,v_proj. Default: peft's choice for the architecture."}
     )
+    init_adapter: str | None = field(
+        default=None,
+        metadata={"help": "A LoRA adapter folder to continue training from (its rank and target modules win over "
+                  "--lora_*), e.g. the shipped v1 model for a second stage on new data."},
+    )
 
 
 @dataclass
@@ -75,6 +80,11 @@ class DataArguments:
     )
     max_train_samples: int = field(
         default=0, metadata={"help": "Train on the first N records of the training split (0 = all); for quick runs and benchmarks."}
+    )
+    extra_data_path: str | None = field(
+        default=None,
+        metadata={"help": "Training-only Alpaca records added after the split, comma-separated files (e.g. the condition "
+                  "records of `python -m data_gen conditions`). Never validated on; their prompt shapes are kept as written."},
     )
     max_eval_samples: int = field(
         default=100,
@@ -199,6 +209,14 @@ def load_datasets(data_args: DataArguments):
         train_records, counts.train_empty_input = record_lib.with_empty_input_share(train_records, data_args.empty_input_share)
         logger.info("%d of %d training records rendered with an empty input (--empty_input_share %g)",
                     counts.train_empty_input, len(train_records), data_args.empty_input_share)
+    if data_args.extra_data_path:
+        for path in data_args.extra_data_path.split(","):
+            extra = record_lib.load_records(path, data_args.skip_invalid)
+            train_records = train_records + extra.records
+            counts.train_extra += len(extra.records)
+            counts.skipped_invalid += len(extra.skipped)
+            logger.info("%d training-only records from %s (%d invalid skipped; --extra_data_path)",
+                        len(extra.records), path, len(extra.skipped))
     return train_records, val_records, counts
 
 
@@ -227,9 +245,29 @@ def load_model_and_tokenizer(model_args: ModelArguments, training_args: Training
     model = load_model(model_args.model_name_or_path, dtype=torch.float32, **kwargs)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    if model_args.lora_r:
+    if model_args.init_adapter:
+        model = _continue_lora(model, model_args)
+    elif model_args.lora_r:
         model = _apply_lora(model, model_args)
     return model, tokenizer
+
+
+def _continue_lora(model, model_args: ModelArguments):
+    """The base with a trained adapter's weights, trainable: a second training stage starts where the first ended."""
+    from peft import PeftModel
+
+    folder = model_args.init_adapter
+    if not os.path.isfile(os.path.join(folder, "adapter_config.json")):
+        raise UsageError(f"--init_adapter {folder}: no adapter_config.json there. Give a LoRA adapter folder "
+                         "(e.g. models/alpaca-medis-270m of an earlier release, or a trainer.train --lora_r output).")
+    model = PeftModel.from_pretrained(model, folder, is_trainable=True)
+    config = model.peft_config["default"]
+    if model_args.lora_r and model_args.lora_r != config.r:
+        logger.warning("--lora_r %d ignored: %s has rank %d, kept", model_args.lora_r, folder, config.r)
+    model_args.lora_r, model_args.lora_alpha = config.r, config.lora_alpha
+    base = model_args.model_name_or_path
+    config.base_model_name_or_path = os.path.abspath(base) if os.path.isdir(base) else base
+    return model
 
 
 def _apply_lora(model, model_args: ModelArguments):
