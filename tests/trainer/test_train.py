@@ -187,3 +187,25 @@ def test_short_run_on_the_embedded_model(tmp_path):
     new_ids = model.generate(**inputs, max_new_tokens=24, do_sample=False)[0, inputs["input_ids"].shape[1]:]
     answer = tokenizer.decode(new_ids, skip_special_tokens=True)
     assert len(answer.split()) >= 3
+
+
+def test_second_stage_continues_an_adapter_on_training_only_records(tiny_llama, tmp_path):
+    """The v2 recipe: stage 1 trains an adapter; stage 2 starts from it (--init_adapter) with extra records that
+    only train (--extra_data_path), on the same validation split."""
+    first = tmp_path / "stage1"
+    _, one = train_cli(tiny_llama, first, "--lora_r", "8", "--lora_alpha", "16", "--lora_target_modules", "q_proj,v_proj",
+                       "--max_steps", "6", "--learning_rate", "1e-2", "--save_strategy", "no")
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in sample_records()[:12]), encoding="utf-8")
+    second = tmp_path / "stage2"
+    _, two = train_cli(tiny_llama, second, "--init_adapter", first, "--lora_r", "4", "--extra_data_path", extra,
+                       "--max_train_samples", "8", "--max_steps", "4", "--learning_rate", "1e-2", "--save_strategy", "no")
+    assert two["records"]["train_extra"] == 12 and two["records"]["train_used"] == 8
+    assert two["records"]["val"] == one["records"]["val"]  # the extra records never enter validation
+    assert two["method"] == "lora (r=8, alpha=16)"  # the adapter's rank, not --lora_r 4
+    assert two["eval_loss_initial"] == pytest.approx(one["eval_loss_final"], rel=1e-3)  # starts where stage 1 ended
+    before, after = load_file(first / "adapter_model.safetensors"), load_file(second / "adapter_model.safetensors")
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    result = run_module("trainer.train", "--model_name_or_path", tiny_llama, "--data_path", SAMPLE, "--output_dir",
+                        tmp_path / "x", "--init_adapter", tmp_path)
+    assert result.returncode == 2 and "no adapter_config.json" in result.stderr and "Traceback" not in result.stderr
