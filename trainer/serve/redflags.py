@@ -35,14 +35,16 @@ def _both(a: str, b: str, window: int = 200) -> str:
 W = r"(?:\S+\s+)"  # one word, for "a {0,3} words b"
 NOT = r"(?:tidak|tak|gak|ga|nggak|enggak|ngga|gk)"
 VERY = r"(?:sekali|banget|bgt|bener|parah|berat|hebat)"
-CHILD = _any(r"anak", r"bayi", r"balita", r"putra", r"putri", r"si\s+kecil", r"cucu")
+CHILD = _any(r"anak", r"bayi", r"balita", r"putra", r"putri", r"si\s+kecil", r"cucu", r"keponakan", r"bocah",
+             r"\d{1,2}\s*(?:th|thn|tahun|bulan|bln)\b")
 OTHER = _any(r"dia", r"ibu", r"bapak", r"ayah", r"suami", r"istri", r"kakek", r"nenek", r"adik", r"kakak", CHILD, r"mama",
              r"papa", r"teman", r"orang")
 ACUTE = _any(r"tiba-tiba", r"tiba2", r"mendadak", r"barusan", r"baru\s+saja", r"tadi", r"sekarang", r"saat\s+ini",
              r"sedang", r"dari\s+tadi", r"sejak\s+tadi", r"semalam", r"(?:pagi|siang|sore|malam)\s+ini")
-FEVER = _any(r"demam", r"panas\s+tinggi", r"badan(?:nya)?\s+panas", r"suhu(?:nya)?\s+(?:\S+\s+)?3[89]", r"meriang")
+FEVER = _any(r"demam", r"panas\s+tinggi", r"badan(?:nya)?\s+panas", r"suhu(?:nya)?\s+(?:\S+\s+)?3[89]", r"meriang",
+             r"(?:hangat|panas)\s+3[89]", r"\b3[89](?:[,.]\d)?\s*(?:derajat|°|lebih)")
 CHEST = (r"(?:nyeri|sakit|berat|tertekan|ditekan|ditindih|tertindih|diremas|terhimpit|dihimpit|panas)\w*\s+(?:di\s+|pada\s+|bagian\s+)?dada"
-         r"|dada(?:ku|nya)?\s+" + W + r"{0,2}(?:nyeri|sakit|berat|sesak|ditindih|tertindih|diremas|terhimpit|dihimpit|tertekan)")
+         r"|dada(?:ku|nya)?\s+" + W + r"{0,2}(?:nyeri|sakit|berat|sesak|ditindih|tertindih|diremas|terhimpit|dihimpit|tertekan|panas|terbakar)")
 PREGNANT = _any(r"hamil", r"kehamilan", r"mengandung", r"usia\s+kandungan")
 FAINT = _any(r"pingsan", rf"{NOT}\s+sadar(?:kan\s+diri)?", r"hilang\s+kesadaran", r"penurunan\s+kesadaran",
              r"(?:sulit|susah)\s+(?:sekali\s+|banget\s+|bgt\s+)?dibangun\w*", rf"{NOT}\s+bisa\s+dibangun\w*",
@@ -53,6 +55,43 @@ SEIZURE = (r"(?<!otot )(?<!atau )(?<!kram dan )(?<!kram atau )(?<!kram, )(?<!per
 NEGATED = re.compile(r"\b(?:tidak|tak|gak|ga|nggak|enggak|tanpa|bukan)\s+(?:ada\s+)?(?:bengkak|sesak|pingsan|demam|panas|muntah|kejang|"
                      r"berdarah|biru|kaku)\w*", re.IGNORECASE)
 NOT_NOW = r"(?:hampir|mau|seperti\s+mau|rasanya\s+mau|kayak\s+mau|pernah|dulu|sering|kadang|kadang-kadang|takut)\s+"
+
+
+# Chat Indonesian to the standard words the rules are written in ("sy ga bisa napas" -> "saya tidak bisa napas"):
+# abbreviations, colloquial forms and reduplication written with a 2 ("tiba2", "muntah2").
+SLANG = {
+    **dict.fromkeys(("ga", "gak", "gk", "nggak", "ngga", "enggak", "engga", "tdk", "ndak", "gaada"), "tidak"),
+    **dict.fromkeys(("sy", "gw", "gue", "gua", "aq"), "saya"), **dict.fromkeys(("udah", "udh", "dah", "sdh"), "sudah"),
+    **dict.fromkeys(("skrg", "skg", "skrang"), "sekarang"), **dict.fromkeys(("bgt", "bngt", "bener"), "banget"),
+    **dict.fromkeys(("kmrn", "kemaren"), "kemarin"), **dict.fromkeys(("kayak", "kaya", "kek", "kyk"), "seperti"),
+    **dict.fromkeys(("pengen", "pingin", "pgn", "pengin"), "ingin"), **dict.fromkeys(("nelen", "nelan"), "menelan"),
+    **dict.fromkeys(("netek", "nenen", "nyusu"), "menyusu"), **dict.fromkeys(("brenti", "berenti"), "berhenti"),
+    "dr": "dari", "mlm": "malam", "sm": "sama", "yg": "yang", "dgn": "dengan", "tp": "tapi", "jd": "jadi", "blm": "belum",
+    "lg": "lagi", "org": "orang", "th": "tahun", "thn": "tahun", "bln": "bulan", "mgg": "minggu", "tlg": "tolong",
+    "ilang": "hilang", "kerasa": "terasa", "dalem": "dalam", "ketelen": "tertelan", "lemes": "lemas", "pucet": "pucat",
+    "anget": "hangat", "item": "hitam", "sesek": "sesak", "nyesek": "sesak", "ngorok": "mengorok", "nyaut": "menjawab",
+    "narik": "menarik", "ngakhirin": "mengakhiri", "nyempit": "menyempit", "sampe": "sampai", "abis": "habis",
+    "diremes": "diremas", "megangin": "memegang", "nembus": "tembus", "ponakan": "keponakan", "baby": "bayi",
+    "mules": "mulas", "nangis": "menangis", "kalo": "kalau", "trus": "terus", "mencret": "diare", "ambruk": "jatuh pingsan",
+    "keselek": "tersedak", "kesedak": "tersedak", "digerakin": "digerakkan", "ngomong": "bicara", "napasnya": "napasnya",
+    "tiba2": "tiba-tiba", "ijo": "hijau", "gede": "besar", "ketumpahan": "ketumpahan", "dibangunin": "dibangunkan",
+}
+_WORD = re.compile(r"[A-Za-z]+(?:2|-[A-Za-z]+)?")
+
+
+def _standard(word: str) -> str:
+    lower = word.lower()
+    if lower in SLANG:
+        return SLANG[lower]
+    if lower.endswith("2") and len(lower) > 2:  # "muntah2" -> "muntah-muntah"
+        base = SLANG.get(lower[:-1], lower[:-1])
+        return f"{base}-{base}"
+    return word
+
+
+def normalize(message: str) -> str:
+    """The message in standard spelling, whitespace collapsed (what the rules read)."""
+    return _WORD.sub(lambda m: _standard(m.group(0)), " ".join(message.split()))
 
 
 @dataclass(frozen=True)
@@ -77,12 +116,15 @@ RULES = (
           r"lebih\s+baik\s+(?:saya\s+|aku\s+)?(?:mati|tiada|menghilang)", r"(?:ingin|pengen|mau)\s+menghilang\s+(?:selamanya|untuk\s+selamanya)",
           r"lebih\s+baik\s+(?:kalau|jika|bila|kalo)\s+(?:saya|sy|aku|gue|gw)\s+(?:gak|tidak|nggak|ga|tak|sudah\s+tidak)\s+ada",
           rf"tidur\s+(?:\S+\s+){{0,2}}{NOT}\s+(?:usah\s+)?bangun\s+lagi", r"gunanya\s+(?:lagi\s+)?(?:aku\s+|saya\s+|sy\s+|gue\s+)?hidup",
-          r"capek\s+hidup", r"lelah\s+hidup", rf"hidup\s+(?:saya\s+|aku\s+|ini\s+)?{NOT}\s+ada\s+(?:artinya|gunanya)"),
+          r"(?:loncat|lompat|melompat|terjun)\s+(?:dari\s+)?(?:jembatan|gedung|lantai|atap|tebing)", r"capek\s+hidup", r"lelah\s+hidup", rf"hidup\s+(?:saya\s+|aku\s+|ini\s+)?{NOT}\s+ada\s+(?:artinya|gunanya)"),
     _rule("heart", "nyeri dada yang bisa berarti serangan jantung",
-          _both(CHEST, r"keringat\s+dingin|keringetan|berkeringat|menjalar|ke\s+(?:lengan|rahang|leher|punggung|bahu)|"
+          rf"(?:{ACUTE})[\s\S]{{0,60}}?(?:{CHEST})[\s\S]{{0,80}}?(?:sesak|mual|muntah|pucat|lemas|keringat)",
+          _both(CHEST, r"keringat\w*\s+(?:\S+\s+)?(?:banyak|dingin|bercucuran|deras)|keringat\s+dingin|keringetan|berkeringat|menjalar|ke\s+(?:lengan|rahang|leher|punggung|bahu)|"
                        r"tembus\s+ke\s+punggung|pingsan|mau\s+pingsan|lemas\s+sekali"),
           _both(CHEST, ACUTE + r"[\s\S]{0,60}?(?:sesak|mual|muntah)", 120),
-          r"dada\s+" + W + r"{0,3}(?:seperti|kayak|kaya)\s+(?:di|ke)?(?:tindih|remas|tekan|himpit|timpa)"),
+          r"dada\w*\s+" + W + r"{0,3}(?:seperti|kayak|kaya)\s+(?:di|ke)?(?:tindih|remas|tekan|himpit|timpa)",
+          _both(CHEST + r"|memegang\w*\s+dada", r"(?:sudah|dari)\s+(?:setengah\s+jam|\d+\s+menit|sejam|lama)|tidak\s+hilang|bawah\s+lidah|"
+                r"tidak\s+mempan|(?:makin|semakin)\s+sesak", 150)),
     _rule("stroke", "tanda stroke (wajah mencong, bicara pelo, lemah sebelah)",
           r"(?:wajah|muka|mulut|bibir|senyum)(?:nya|ku)?\s+" + W + r"{0,3}(?:mencong|menceng|miring|perot|merot|peyot|tidak\s+simetris)",
           r"(?:wajah|muka|mulut|bibir)(?:nya|ku)?\s+(?:sebelah|bagian|sisi)\s+(?:kiri|kanan)\s+(?:\S+\s+)?(?:turun|jatuh|lumpuh|lemah)",
@@ -93,11 +135,13 @@ RULES = (
           rf"{ACUTE}\s+" + W + rf"{{0,3}}(?:{NOT}\s+bisa|sulit|susah)\s+(?:bicara|berbicara|ngomong|menggerakkan)",
           r"(?:tangan|kaki|lengan|badan|tubuh)(?:nya)?\s+" + W + r"{0,5}(?:kanan|kiri|sebelah|separuh|satu\s+sisi)\s+" + W +
           rf"{{0,4}}(?:lemas|lemah|lumpuh|mati\s+rasa|kebas|{NOT}\s+bisa\s+(?:digerakkan|diangkat)|lunglai)",
-          rf"(?:lemah|lumpuh|lemas|mati\s+rasa|kebas|{NOT}\s+bisa\s+digerakkan)\s+" + W + r"{0,3}(?:sebelah|separuh|satu\s+sisi)"),
+          rf"(?:lemah|lumpuh|lemas|mati\s+rasa|kebas|{NOT}\s+bisa\s+digerakkan)\s+" + W + r"{0,3}(?:sebelah|separuh|satu\s+sisi)",
+          r"(?:sakit|nyeri)\s+(?:\S+\s+){0,2}paling\s+(?:parah|hebat|berat|sakit)\s+(?:seumur\s+hidup|yang\s+pernah)",
+          r"kepala\w*\s+" + W + r"{0,3}seperti\s+(?:dipukul|dihantam|meledak)"),
     _rule("bleeding", "perdarahan hebat",
           r"(?:perdarahan|pendarahan)\s+(?!menstruasi|haid|saat\s+haid)" + W + r"{0,2}(?:hebat|banyak|deras|berat|terus)",
           r"darah(?:nya)?\s+" + W + rf"{{0,2}}(?:{NOT}\s+(?:mau\s+)?berhenti|terus\s+(?:keluar|mengalir|mengucur)|mengucur|muncrat|memancar|deras|banyak\s+sekali)",
-          r"(?:berdarah|mimisan(?:nya)?)\s+(?:terus|banyak|deras|hebat)", r"[nm]?gucur|mengucur", r"muntah(?:\s+\S+)?\s+darah", r"batuk\s+(?:\S+\s+)?darah\s+(?:banyak|segar|segelas)",
+          r"(?:berdarah|mimisan(?:nya)?)\s+(?:terus|banyak|deras|hebat)", r"[nm]?gucur|mengucur", _both(r"mimisan|darah\w*", r"tidak\s+berhenti|sebaskom|segayung|pucat\s+dan\s+lemas", 80), r"muntah(?:\s+\S+)?\s+darah", r"batuk\s+(?:\S+\s+)?darah\s+(?:banyak|segar|segelas)",
           r"(?:BAB|berak|pup|feses|tinja|kotoran)(?:nya)?\s+" + W + r"{0,2}(?:hitam|kehitaman|item)", r"(?:seperti|kayak|kaya)\s+aspal",
           r"darah\w*\s+(?:keluar\s+)?banyak\s+(?:banget|sekali|bgt)", r"ganti\s+pembalut\s+(?:tiap|setiap)",
           _both(r"melahirkan|nifas|persalinan", r"(?:perdarahan|pendarahan|darah\w*)\s+(?:\S+\s+)?(?:banyak|deras|hebat)", 120),
@@ -112,20 +156,27 @@ RULES = (
           rf"(?:{FAINT})\s+(?:lagi|sampai\s+sekarang|terus)", r"jatuh\s+pingsan", r"(?:sulit|susah)\s+(?:sekali\s+|banget\s+|bgt\s+)?dibangun\w*", r"tergeletak",
           rf"{SEIZURE}[\s\S]{{0,120}}?(?:{ACUTE}|{FEVER}|{CHILD})", rf"(?:{ACUTE}|{FEVER}|{CHILD})[\s\S]{{0,120}}?{SEIZURE}",
           r"mata(?:nya)?\s+(?:\S+\s+)?mendelik", r"kelojotan", r"(?:tangan|kaki|badan|tubuh)(?:nya)?\s+" + W + r"{0,2}kaku\s+(?:dan\s+)?(?:bergetar|gemetar|menyentak|kelojotan)",
-          r"kejang\s+(?:lebih\s+dari|lama|berulang|terus)"),
+          r"kejang\s+(?:lebih\s+dari|lama|berulang|terus)",
+          r"(?<!merasa )(?<!hampir )(?:tidak\s+sadar(?:kan\s+diri)?|hilang\s+kesadaran)",
+          r"(?:dicubit|digoyang|dipanggil|ditepuk|dibangunkan)\w*(?:-\w+)?\s+" + W + r"{0,2}(?:tidak|tak)\s+(?:\S+\s+)?(?:bangun|respon\w*|menjawab|sadar)",
+          r"(?:tidak|tak)\s+(?:ber)?napas(?!\s+dalam)", r"nadi\w*\s+" + W + r"{0,1}(?:tidak|tak)\s+(?:terasa|teraba|ada)"),
     _rule("breathing", "sesak napas berat",
           r"(?:sesak|sesek|susah\s+napas|sulit\s+(?:bernapas|bernafas|napas|nafas))\w*\s+" + W + rf"{{0,3}}{VERY}",
           rf"(?:sesak|sesek)\w*[\s\S]{{0,60}}?{NOT}\s+bisa\s+(?:ngomong|bicara|berbicara|berbaring|tidur\s+telentang)",
           rf"{NOT}\s+bisa\s+(?:napas|nafas|bernapas|bernafas)(?!\s+dalam)(?![^.?!]{{0,40}}(?:akhir-akhir\s+ini|kadang))", r"(?:bibir|ujung\s+jari|kuku|wajah|muka)(?:nya)?\s+" + W +
           r"{0,2}(?:biru|kebiruan|membiru)", r"(?:napas|nafas)(?:nya)?\s+" + W + r"{0,2}(?:tersengal|megap|berhenti|henti)",
-          r"tarikan\s+dinding\s+dada", r"(?:dada|iga)\w*\s+" + W + r"{0,3}(?:tertarik|ketarik|masuk)\s+ke\s+dalam", r"cuping\s+hidung",
+          r"tarikan\s+dinding\s+dada", r"(?:dada|iga)\w*\s+" + W + r"{0,3}(?:tertarik|ketarik|masuk|menarik\S*)\s+ke\s+dalam",
+          r"(?:inhaler|semprot\w*|obat\s+sesak|obat\s+asma)[\s\S]{0,60}?(?:tidak\s+mempan|tidak\s+membaik|tidak\s+ngaruh)",
+          r"(?:makin|semakin)\s+sesak[\s\S]{0,40}?(?:tidak\s+kuat|tidak\s+bisa)", r"cuping\s+hidung",
           r"(?:tersedak|keselek|kesedak)\s+" + W + rf"{{0,3}}{NOT}\s+bisa"),
     _rule("allergy", "reaksi alergi berat",
           _both(r"(?:bengkak|membengkak|bentol)\w*\s+" + W + r"{0,3}(?:bibir|lidah|tenggorokan|kelopak|wajah|muka|mata)|"
                 r"(?:bibir|lidah|tenggorokan|wajah|muka)(?:nya)?\s+" + W + r"{0,2}(?:bengkak|membengkak)",
                 r"sesak|sulit\s+bernapas|susah\s+(?:napas|nafas|bernapas)|napas\w*\s+(?:\S+\s+){0,2}(?:bunyi|berat)|serak|"
                 r"(?:sulit|susah)\s+menelan|pingsan|tenggorokan\w*\s+(?:\S+\s+){0,2}(?:menyempit|sempit|tercekik)", 160),
-          r"tenggorokan\w*\s+" + W + r"{0,2}(?:tercekik|menutup|tertutup|menyempit)", r"anafilak\w*"),
+          r"tenggorokan\w*\s+" + W + r"{0,2}(?:tercekik|menutup|tertutup|menyempit)", r"anafilak\w*",
+          _both(r"disengat|sengatan|tawon|lebah|(?:setelah|habis|sesudah)\s+(?:makan|minum\s+obat|disuntik)",
+                r"sesak|susah\s+(?:napas|bernapas)|sulit\s+bernapas|mau\s+pingsan|pingsan|bentol\w*(?:-\w+)?\s+(?:seluruh|semua)", 150)),
     _rule("dehydration", "anak dengan tanda kekurangan cairan",
           _both(_both(CHILD, r"diare|mencret|muntah|muntaber|BAB\s+cair|berak\s+cair|pup\s+cair", 200),
                 r"mata(?:nya)?\s+" + W + r"{0,1}cekung|ubun-ubun(?:nya)?\s+" + W + r"{0,1}cekung|tanpa\s+air\s+mata|" + rf"{NOT}\s+(?:keluar\s+)?air\s+mata|"
@@ -134,7 +185,7 @@ RULES = (
                 rf"(?:lemas|lemes)\s+{VERY}|sangat\s+lemas|mengantuk\s+terus|ngantuk\s+terus", 250)),
     _rule("baby_fever", "bayi kecil yang demam, kuning berat atau tidak mau menyusu",
           _both(r"bayi|newborn|baru\s+lahir|cucu|anak", r"(?:umur|usia|berumur|berusia|baru|\b)\s*(?:\d{1,2}|satu|dua|tiga|sebelas)\s+(?:minggu|mgg|hari)\b|"
-                r"(?:umur|usia|berumur|berusia|baru)\s+(?:[0-2]|satu|dua)\s+(?:bulan|bln)|baru\s+lahir", 60) + r"[\s\S]{0,150}?(?:" + FEVER + r"|panas)",
+                r"(?:umur|usia|berumur|berusia|baru|\b)\s*(?:[0-2]|satu|dua)\s+(?:bulan|bln)\b|baru\s+lahir", 60) + r"[\s\S]{0,150}?(?:" + FEVER + r"|panas)",
           r"(?:bayi|newborn)[\s\S]{0,80}?kuning\s+" + W + r"{0,2}(?:sampai|hingga)\s+(?:ke\s+)?(?:telapak|kaki|tangan)",
           r"(?:bayi)[\s\S]{0,80}?" + rf"{NOT}\s+mau\s+(?:menyusu|nyusu|minum\s+ASI)\s+sama\s+sekali"),
     _rule("pregnancy", "tanda bahaya kehamilan",
@@ -145,6 +196,9 @@ RULES = (
                 rf"(?:janin|dedek|bayi)\w*\s+(?:\S+\s+){{0,3}}(?:{NOT}|jarang)\s+(?:\S+\s+)?(?:bergerak|gerak)|(?<!kram dan )(?<!kram atau )(?<!kram, )kejang(?!\s+(?:kaki|otot|punggung|bahu))|"
                 r"(?:tensi|tekanan\s+darah)(?:nya)?\s+(?:\S+\s+){0,4}1[4-9]\d|"
                 r"(?:muka|wajah)(?:nya)?\s+(?:dan\s+\S+\s+)?(?:\S+\s+)?bengkak", 250)),
+    _rule("ectopic", "nyeri hebat atau pingsan saat telat haid (bisa hamil di luar kandungan)",
+          _both(r"telat\s+(?:haid|mens\w*|datang\s+bulan|\d+\s+minggu)|terlambat\s+(?:haid|\d+\s+minggu)|hamil\s+muda",
+                r"(?:sakit|nyeri)\s+(?:\S+\s+)?(?:banget|hebat|sekali)|mau\s+pingsan|pingsan", 150)),
     _rule("injury", "cedera berat",
           _both(r"kepala(?:nya)?\s+" + W + r"{0,3}(?:terbentur|terbanting|terhantam|kebentur|benjol)|(?:terbentur|kebentur|jatuh|kecelakaan)[\s\S]{0,60}?kepala",
                 r"muntah|pingsan|bingung|(?:mengantuk|ngantuk)\s+terus|kejang|cairan\s+bening|keluar\s+darah\s+dari\s+(?:hidung|telinga)", 200),
@@ -152,6 +206,9 @@ RULES = (
           _both(r"(?:tersiram|ketumpahan|kesiram|tumpah|kena)[\s\S]{0,40}?(?:air\s+panas|air\s+mendidih|minyak\s+panas|kuah\s+panas|api)|luka\s+bakar|kebakaran",
                 r"luas|seluruh|separuh|setengah|dada|perut|wajah|muka|kedua|melepuh\s+besar", 120),
           r"tulang(?:nya)?\s+" + W + r"{0,3}(?:menonjol\s+keluar|nongol|keluar\s+dari\s+kulit|menembus|nembus|tembus|mencuat)",
+          _both(r"jatuh|kecelakaan|terbentur|tertimpa", r"(?:kaki|tangan)\w*\s+" + W + r"{0,2}tidak\s+bisa\s+digerakkan|tidak\s+terasa\s+apa", 120),
+          _both(r"(?:air\s+panas|air\s+mendidih|minyak\s+panas|kuah\s+panas)[\s\S]{0,40}?(?:tumpah|menyiram|kena)", r"melepuh|luas|dada|perut|wajah", 120),
+          r"melepuh\s+(?:\S+\s+)?(?:luas|besar-besar|semua)",
           r"(?:tertusuk|ditusuk)\s+" + W + r"{0,3}(?:dada|perut|leher)"),
     _rule("poison", "gigitan ular atau keracunan",
           r"(?:digigit|dipatuk|gigitan|patukan|kena\s+patuk|kena\s+gigit)\s+ular", r"ular\s+" + W + r"{0,3}(?:menggigit|mematuk)",
@@ -159,12 +216,14 @@ RULES = (
                 r"sekaligus|(?:satu|se)\s*(?:strip|botol|bungkus)|sebanyak-banyaknya", 60),
           r"(?:minum|menelan|nelen|nelan|tertelan|ketelan|keminum|meminum)\s+" + W + r"{0,3}(?:racun|pestisida|obat\s+nyamuk|pembersih|pemutih|"
           r"bensin|minyak\s+tanah|baygon|obat\s+serangga|racun\s+tikus|soda\s+api|cairan\s+pembersih|obat\s+\S+\s+banyak|banyak\s+obat)",
-          r"overdosis", r"\bOD\b", r"keracunan\s+(?:obat|pestisida|racun|gas|asap|jengkol)"),
+          r"(?<!tidak )overdosis", r"\bOD\b",
+          _both(r"minum|menelan|tertelan|ketelan|meminum", r"\d+\s+(?:butir|tablet|pil|kaplet|strip)|sekaligus|satu\s+strip", 80), r"keracunan\s+(?:obat|pestisida|racun|gas|asap|jengkol)"),
     _rule("meningitis", "demam dengan kaku kuduk atau ruam yang tidak hilang",
           r"kaku\s+kuduk", _both(r"leher(?:nya)?\s+" + W + r"{0,2}kaku", FEVER, 120),
           r"ruam\s+" + W + r"{0,3}" + rf"{NOT}\s+(?:hilang|memudar|pudar)\s+" + W + r"{0,2}ditekan"),
     _rule("abdomen", "nyeri perut hebat",
-          r"(?:nyeri|sakit)\s+perut\s+" + W + rf"{{0,3}}(?:hebat|luar\s+biasa|{NOT}\s+tertahankan|parah\s+(?:sekali|banget))",
+          r"(?:nyeri|sakit)\s+perut\s+" + W + rf"{{0,4}}(?:hebat|luar\s+biasa|{NOT}\s+tertahankan|parah\s+(?:sekali|banget))",
+          r"tidak\s+bisa\s+kentut", r"muntah\s+(?:\S+\s+)?hijau",
           r"perut\w*\s+" + W + rf"{{0,2}}(?:sakit|nyeri)\s+(?:\S+\s+)?(?:hebat|luar\s+biasa|{NOT}\s+tertahankan)",
           r"perut(?:nya)?\s+(?:\S+\s+)?kaku",
           r"perut(?:nya)?\s+" + W + r"{0,1}(?:keras\s+(?:seperti|kayak)\s+papan|kaku\s+dan\s+keras|keras\s+dan\s+kaku)",
@@ -214,16 +273,16 @@ PREGNANCY = re.compile(r"(?<!sulit )(?<!susah )(?<!untuk )(?<!kesulitan )(?:hami
 def _sentence(text: str, start: int, end: int) -> str:
     left = max(text.rfind(c, 0, start) for c in ".?!") + 1
     rights = [i for i in (text.find(c, end) for c in ".?!") if i >= 0]
-    return text[left : min(rights) if rights else len(text)]
+    return text[left : min(rights) + 1 if rights else len(text)]  # with its "?": questions read differently
 
 
 # "Pernah dengar kalau muntah darah itu tanda ...", "dulu pernah stroke, sekarang sudah pulih": a question about
 # information or the past, not a sign now (thoughts of suicide count whenever they were).
-INFO = re.compile(r"pernah\s+dengar|apa\s+(?:saja\s+)?(?:tanda|gejala|ciri)|tanda-tanda|ciri-ciri|apa(?:kah)?\s+(?:benar|betul)|"
-                  r"katanya|(?:cara|bagaimana)\s+mencegah", re.IGNORECASE)
+INFO = re.compile(r"pernah\s+dengar|pertolongan\s+pertama|jaga-jaga|\bkalau\s+(?:anak|bayi|orang|kita|seseorang)\b[^.?!]*\?|apa\s+(?:saja\s+)?(?:tanda|gejala|ciri)|tanda-tanda|ciri-ciri|apa(?:kah)?\s+(?:benar|betul)|"
+                  r"(?:cara|bagaimana)\s+mencegah", re.IGNORECASE)
 PAST = re.compile(r"\bpernah\b|\bdulu\b|tahun\s+lalu|bulan\s+lalu|minggu\s+lalu|waktu\s+kecil|riwayat|sudah\s+(?:sembuh|pulih|sehat)",
                   re.IGNORECASE)
-RECOVERED = re.compile(r"sudah\s+(?:sehat|pulih|sembuh|normal|membaik|dikasih\s+obat|minum\s+obat)|sekarang\s+\d", re.IGNORECASE)
+RECOVERED = re.compile(r"tidak\s+pernah\s+lagi|sudah\s+(?:sehat|pulih|sembuh|normal|membaik|dikasih\s+obat|minum\s+obat)|sekarang\s+\d", re.IGNORECASE)
 HARMLESS_BLACK_STOOL = re.compile(r"zat\s+besi|tablet\s+(?:besi|tambah\s+darah)|tambah\s+darah", re.IGNORECASE)
 
 
@@ -240,7 +299,7 @@ def _vetoed(kind: str, sentence: str) -> bool:
 
 def check(message: str) -> RedFlag | None:
     """The first red flag found in the message (rules in RULES' order), else None."""
-    text = NEGATED.sub(" ", " ".join(message.split()))
+    text = NEGATED.sub(" ", normalize(message))
     for rule in RULES:
         for hit in rule.pattern.finditer(text):
             if not _vetoed(rule.kind, _sentence(text, hit.start(), hit.end())):
