@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cards", default=str(CARD_DIR), help="folder of condition cards (default data/conditions)")
     parser.add_argument("--eval_dir", default=str(EVAL_DIR), help="evaluation questions records must never come near "
                         "(default data/eval)")
-    parser.add_argument("--per_card", type=int, default=16, help="records per card (default %(default)s)")
+    parser.add_argument("--per_card", type=int, default=21, help="records per card (default %(default)s: v2's training set)")
     parser.add_argument("--seed", type=int, default=42, help="seed (default %(default)s)")
     parser.add_argument("--rouge_threshold", type=float, default=0.7, help="drop a record whose message has ROUGE-L F "
                         ">= this against a kept one (default %(default)s, stanford_alpaca's)")

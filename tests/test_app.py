@@ -194,3 +194,57 @@ def test_the_shipped_model_answers_in_indonesian_and_stops_by_itself():
     print(answer)
     assert chat.last.finish == "eos" and len(answer.split()) >= 5  # a sentence; its answers are short (README "The model")
     assert is_indonesian(answer) and not has_repetition(answer)
+
+
+# Patients' questions that are in no data file (not in data/eval/, not generated from the cards): written with the
+# evaluation set by a separate session and kept out of it. The shipped model must name their conditions.
+UNSEEN = {
+    "gagal_jantung": "Bapak saya 68 th, dulu pernah kena serangan jantung. Sebulan ini gampang ngos-ngosan kalau jalan "
+                     "sedikit, malam harus tidur pakai 3 bantal karena kalau rebahan sesak, kedua kakinya bengkak dan kalau "
+                     "ditekan membekas.",
+    "hipertiroid": "Saya perempuan 30 th, beberapa bulan ini jantung berdebar terus, tangan gemetar, gampang keringetan dan "
+                   "kepanasan, berat badan turun padahal makan banyak. Kata teman mata saya kelihatan agak melotot.",
+    "kutu_air": "Sela-sela jari kaki saya gatal, kulitnya putih lembek dan mengelupas, kadang bau. Tiap hari saya pakai "
+                "sepatu boots kerja dan kaus kakinya sering lembap.",
+    "rinitis_alergi": "Tiap pagi bangun tidur saya bersin berkali-kali, hidung gatal dan meler bening, mata juga gatal "
+                      "berair. Kalau nyapu atau beresin kamar berdebu makin parah. Gak pernah demam.",
+    "gigitan_hewan_rabies": "Anak saya 9 tahun tadi sore digigit anjing liar di betis pas pulang sekolah, lukanya berdarah. "
+                            "Anjingnya kabur dan gak tahu sudah divaksin atau belum. Cukup dikasih betadine?",
+    "glaukoma": "Ibu saya 60 th sejak tadi malam tiba-tiba mata kirinya sakit hebat, merah, pandangannya kabur dan lihat "
+                "lingkaran pelangi di sekitar lampu, kepalanya sakit sampai muntah-muntah.",
+}
+NAMED_BY_V2 = ()  # filled from the shipped model's answers (README "The model")
+
+
+def test_unseen_questions_are_in_no_data_file():
+    from data_gen.cards import load_cards
+    from data_gen.conditions import LEAK_THRESHOLD, build, eval_questions
+    from data_gen.rouge import rouge_l, tokenize
+
+    records, _ = build(load_cards(), 21, 42, 0.7, eval_questions(), progress=False)  # v2's training records
+    texts = [tokenize(r["input"] or r["instruction"]) for r in records] + [tokenize(q) for q in eval_questions()]
+    for question in UNSEEN.values():
+        assert max(rouge_l(tokenize(question), t) for t in texts) < LEAK_THRESHOLD
+
+
+@pytest.fixture(scope="module")
+def shipped_chat():
+    from trainer.models import PROJECT_MODEL
+
+    return ChatModel.load(PROJECT_MODEL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("condition", NAMED_BY_V2)
+def test_the_shipped_model_names_the_condition_of_an_unseen_question(condition, shipped_chat):
+    from data_gen.cards import load_cards
+    from trainer.eval_conditions import names_condition
+    from trainer.serve.defaults import GENERATION
+
+    card = next(c for c in load_cards() if c.id == condition)
+    chat = shipped_chat
+    answer = chat.answer(UNSEEN[condition], **GENERATION)  # as the page answers
+    print(answer)
+    assert names_condition(answer, card), answer
+    assert chat.last.finish == "eos"
+

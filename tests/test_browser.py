@@ -87,3 +87,31 @@ def test_stop_button_stops_generation(page, tmp_path):
         time.sleep(0.1)
     assert chat.last.new_tokens < MAX_NEW_TOKENS
     page.screenshot(path=str(tmp_path / "stopped.png"), full_page=True)
+
+
+def wait_for_answer(page, chat, answers_before: int, timeout: float = 120) -> str:
+    deadline = time.time() + timeout
+    while True:
+        assert time.time() < deadline, "no finished answer"
+        if len(bot_messages(page)) > answers_before and page.query_selector(".stop-button") is None and chat.last.finish:
+            return bot_text(page)
+        time.sleep(0.2)
+
+
+def test_red_flag_message_shows_the_emergency_notice_above_the_answer(page, tmp_path):
+    page, chat = page
+    before = len(bot_messages(page))
+    ask(page, "Dokter, ayah saya tiba-tiba bicaranya pelo dan wajahnya mencong ke kiri, apa yang harus kami lakukan?")
+    deadline = time.time() + 30
+    while "Tanda bahaya" not in bot_text(page) or len(bot_messages(page)) <= before:
+        assert time.time() < deadline, "no notice shown"
+        time.sleep(0.1)
+    text = wait_for_answer(page, chat, before)
+    page.screenshot(path=str(tmp_path / "notice.png"), full_page=True)
+    assert text.startswith("🚨 Tanda bahaya: tanda stroke"), text[:200]  # above the model's words
+    assert "IGD" in text and "119" in text and "112" in text
+    assert len(text.split("sekarang; jangan menunggu jawaban di bawah ini.", 1)[1].split()) >= 3  # the answer follows
+    assert "Bukan pengganti dokter" in page.inner_text("body")
+    before = len(bot_messages(page))
+    ask(page, "Saya pilek dan bersin-bersin sejak kemarin, hidung tersumbat. Kenapa ya?")
+    assert "Tanda bahaya" not in wait_for_answer(page, chat, before)

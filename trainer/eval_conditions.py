@@ -134,6 +134,14 @@ def _pct(value) -> str:
     return "–" if value is None else f"{100 * value:.0f}%"
 
 
+def questions_intro(asked: dict) -> str:
+    return (f"{asked['count']} questions of the project's question set (data/eval/questions.jsonl: {asked['conditions']} "
+            f"conditions, {asked['red_flag_questions']} with red flags, written separately from the training records), "
+            f"greedy answers of at most {asked['max_new_tokens']} tokens. Right condition: the card's name or a lay name, "
+            "as whole words; emergency advised: IGD / 119 / 112 / an ambulance; delays care: advice such as waiting or "
+            "resting at home for a red-flag case.")
+
+
 def questions_table(result: dict, name=lambda n: f"`{n}`") -> str:
     """Markdown: one row per model and prompt shape."""
     rows = ["| model | prompt | right condition | emergency advised (red flags) | delays care (red flags) | "
@@ -145,3 +153,13 @@ def questions_table(result: dict, name=lambda n: f"`{n}`") -> str:
                         f"{_pct(m['delays_share'])} | {_pct(m['false_emergency_share'])} | {_pct(m['indonesian_share'])} | "
                         f"{_pct(m['eos_share'])} | {m['answer_words_mean']:.0f} |")
     return "\n".join(rows)
+
+
+def unseen_markdown(unseen: dict, name=lambda n: f"`{n}`") -> str:
+    """Questions in no data file, each with every model's answer (trainer.push puts this in the model card)."""
+    settings = ", ".join(f"{k} {v}" for k, v in unseen["settings"].items())
+    lines = [f"Questions that are in no data file, answered as the page answers ({settings}):"]
+    for i, question in enumerate(unseen["questions"]):
+        lines += ["", f"> **{question}**"]
+        lines += [f">\n> {name(model)}: {answers[i]}" for model, answers in unseen["models"].items()]
+    return "\n".join(lines)

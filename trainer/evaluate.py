@@ -19,6 +19,8 @@ emergency care advised for red flags, no advice that delays it, Indonesian, stop
     python -m trainer.evaluate --model gemma3-270m --model models/alpaca-medis-270m --template alpaca-id \
         --questions data/eval/questions.jsonl --output_dir eval
 
+`--ask QUESTION` (repeatable) has every model answer a question that is in no data file as the page would;
+`--previous OLD/eval.json` copies the models an earlier run measured on the same data and settings.
 Writes `eval.json` and `eval.md` (the comparison tables and side-by-side samples) to --output_dir.
 """
 
@@ -40,6 +42,7 @@ from trainer import records as record_lib
 from trainer.eval_report import SHAPES, answer_metrics, comparison_table, messages_for
 from trainer.models import ModelError
 from trainer.run_summary import RunSummary, SummaryError
+from trainer.serve.defaults import GENERATION
 from trainer.serve.inference import ChatModel, InputError, on_torch_thread
 
 logger = logging.getLogger("trainer.evaluate")
@@ -172,6 +175,8 @@ def report_markdown(result: dict, samples: int = 3) -> str:
     shapes = result.get("shapes") or list(SHAPES)
     if result.get("questions"):
         lines += questions_markdown(result["questions"], shapes, samples)
+    if result.get("unseen"):
+        lines += ["", eval_conditions.unseen_markdown(result["unseen"])]
     if not result.get("models"):
         return "\n".join(lines) + "\n"
     for i, record in enumerate(result["samples"][:samples]):
@@ -182,10 +187,40 @@ def report_markdown(result: dict, samples: int = 3) -> str:
     return "\n".join(lines) + "\n"
 
 
+class Previous:
+    """Results of an earlier eval.json that may be reused: per model, its held-out-record metrics and its question-set
+    metrics, each only when that part was measured on the same data and settings as this run."""
+
+    def __init__(self, records: dict | None = None, questions: dict | None = None):
+        self.records, self.questions = records or {}, questions or {}
+
+    @classmethod
+    def read(cls, path: str, args, shapes: list[str]) -> Previous:
+        try:
+            with open(path, encoding="utf-8") as f:
+                old = json.load(f)
+        except (OSError, ValueError) as e:
+            raise record_lib.DataError(f"--previous {path}: cannot read it ({e}).") from None
+        same = lambda a, b: os.path.basename(str(a)) == os.path.basename(str(b))  # noqa: E731
+        records, questions = {}, {}
+        if (args.data_path and old.get("models") and same(old.get("data_path"), args.data_path)
+                and old.get("split") == args.split and old.get("max_new_tokens") == args.max_new_tokens
+                and old.get("dtype") == args.dtype and old.get("records") == args.limit):
+            for name, by_shape in old["models"].items():
+                answered = all("answers" in by_shape.get(s, {}) for s in shapes)
+                if all(s in by_shape for s in shapes) and (answered or name in args.loss_only):
+                    records[name] = {s: by_shape[s] for s in shapes}
+        asked = old.get("questions") or {}
+        if (args.questions and asked and same(asked.get("path"), args.questions) and old.get("dtype") == args.dtype
+                and asked.get("max_new_tokens") == args.questions_max_new_tokens):
+            questions = {n: {s: m[s] for s in shapes} for n, m in asked["models"].items() if all(s in m for s in shapes)}
+        logger.info("--previous %s: reusing held-out results of %s and question results of %s", path,
+                    sorted(records) or "none", sorted(questions) or "none")
+        return cls(records, questions)
+
+
 def questions_markdown(asked: dict, shapes, samples: int = 3) -> list[str]:
-    lines = ["", f"{asked['count']} questions of the project's question set ({asked['conditions']} conditions, "
-             f"{asked['red_flag_questions']} with red flags), greedy answers of at most {asked['max_new_tokens']} tokens.",
-             "", eval_conditions.questions_table(asked)]
+    lines = ["", eval_conditions.questions_intro(asked), "", eval_conditions.questions_table(asked)]
     for i, q in enumerate(asked["items"][:samples]):
         lines += ["", f"**Question {q['id']}** ({q['condition']}{', red flag' if q['red_flag'] else ''}). {q['question']}", ""]
         lines += [f"- `{name}` ({shape}): {m[shape]['answers'][i]}" for name, m in asked["models"].items() for shape in shapes]
@@ -214,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
                              "and there about twice as fast")
     parser.add_argument("--loss_only", action="append", default=[],
                         help="a --model to measure by loss only, without generating answers (repeatable)")
+    parser.add_argument("--ask", action="append", default=[], metavar="QUESTION",
+                        help="a question in no data file, answered by every model as the page answers it (its default "
+                             "generation settings; repeatable): side-by-side samples for eval.md and the model card")
+    parser.add_argument("--previous", default=None, metavar="EVAL_JSON",
+                        help="an earlier eval.json: models it measured on the same records and settings are copied from it "
+                             "instead of being measured again (each model and part is checked to match)")
     parser.add_argument("--output_dir", "--out", dest="output_dir", default="eval", help="folder for eval.json and eval.md")
     args = parser.parse_args(argv)
     shapes = [s for s in args.shapes.split(",") if s]
@@ -223,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.data_path or args.questions):
         parser.error("give --data_path (held-out records), --questions (the question set), or both")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    models, asked = {}, {}
+    models, asked, unseen = {}, {}, {}
     try:
         if args.questions:
             cards = load_cards()
@@ -231,14 +272,27 @@ def main(argv: list[str] | None = None) -> int:
         if args.data_path:
             val_set_size = held_out_share(args.model, args.data_path, args.val_set_size)
             chosen = select_records(args.data_path, args.split, val_set_size, args.limit)
+        previous = Previous.read(args.previous, args, shapes) if args.previous else Previous()
         for name in args.model:
+            done_records, done_questions = previous.records.get(name), previous.questions.get(name)
+            if done_records is not None:
+                models[name] = done_records
+            if done_questions is not None:
+                asked[name] = done_questions
+            need_records = args.data_path and done_records is None
+            need_questions = args.questions and done_questions is None
+            if not (need_records or need_questions or args.ask):
+                logger.info("%s: copied from %s", name, args.previous)
+                continue
             chat = load_chat(name, args.template, getattr(torch, args.dtype))
-            if args.data_path:
+            if need_records:
                 models[name] = evaluate_model(name, chosen, args.max_new_tokens, args.template, shapes, args.batch_size,
                                               getattr(torch, args.dtype), answers=name not in args.loss_only, chat=chat)
-            if args.questions:
+            if need_questions:
                 asked[name] = evaluate_questions(name, chat, questions, cards, args.questions_max_new_tokens, shapes,
                                                  args.batch_size)
+            if args.ask:  # as the page answers: its generation defaults, the demo's empty-input prompt
+                unseen[name] = [chat.answer(q, **GENERATION) for q in args.ask]  # generates on the torch thread itself
             del chat
     except (record_lib.DataError, ModelError, SummaryError, CardError, eval_conditions.QuestionError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -253,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
                                "red_flag_questions": sum(q.red_flag for q in questions),
                                "max_new_tokens": args.questions_max_new_tokens,
                                "items": [vars(q) for q in questions], "models": asked}
+    if args.ask:
+        result["unseen"] = {"settings": GENERATION, "questions": args.ask, "models": unseen}
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "eval.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, ensure_ascii=False, indent=2)

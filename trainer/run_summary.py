@@ -69,6 +69,8 @@ class RunSummary:
     template: str | None = None
     method: str = "full"  # "full" or "lora (r=16, alpha=32)"
     data_path: str | None = None
+    extra_data_path: str | None = None  # training-only records added after the split (--extra_data_path)
+    init_adapter: str | None = None  # the adapter this run continued (--init_adapter): a second training stage
     records: RecordCounts = field(default_factory=RecordCounts)
     examples: dict[str, ExampleCounts] = field(default_factory=dict)  # "train", "val"
     world_size: int = 1

@@ -455,6 +455,8 @@ def save(model, trainer, tokenizer, model_args, data_args, training_args, counts
         template=model_args.template,
         method=f"lora (r={model_args.lora_r}, alpha={model_args.lora_alpha})" if model_args.lora_r else "full",
         data_path=data_args.data_path,
+        extra_data_path=data_args.extra_data_path,
+        init_adapter=model_args.init_adapter,
         records=counts,
         examples=stats,
         **result.parallel,

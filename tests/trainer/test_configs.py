@@ -13,7 +13,8 @@ from trainer.train import parse_args
 
 CONFIGS = sorted((ROOT / "trainer" / "configs").glob("*.yaml"))
 PROJECT_PRESET = ROOT / "trainer" / "configs" / "alpaca-medis-270m.yaml"
-PRESETS = [p for p in CONFIGS if p.name not in ("accelerate_fsdp.yaml", PROJECT_PRESET.name)]  # the seed's recipe
+STAGE2_PRESET = ROOT / "trainer" / "configs" / "alpaca-medis-270m-v2.yaml"
+PRESETS = [p for p in CONFIGS if p.name not in ("accelerate_fsdp.yaml", PROJECT_PRESET.name, STAGE2_PRESET.name)]  # the seed's recipe
 LAYER = {"llama-2-7b": "LlamaDecoderLayer", "polylm-1.7b": "GPT2Block", "internlm-7b": "InternLMDecoderLayer", "smollm2-135m": "LlamaDecoderLayer"}
 
 
@@ -34,6 +35,20 @@ def test_the_project_model_preset_loads_with_its_recipe(tmp_path, monkeypatch):
     assert data_args.empty_input_share == 0.5 and data_args.val_set_size == 0.1 and args.seed == 42
     assert args.packing and args.learned_logits_only and args.num_train_epochs == 1 and args.strategy == "single"
     assert args.save_strategy == "steps" and args.save_steps > 0  # resumable
+
+
+def test_the_second_stage_preset_continues_stage_one_on_the_condition_records(tmp_path, monkeypatch):
+    """v2: stage 1's adapter continued on the condition records, mixed with a GenMedGPT replay; make model runs it."""
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    header = " ".join(line for line in STAGE2_PRESET.read_text().splitlines() if line.startswith("#"))
+    assert "make model" in header and "--init_adapter" in header and "--extra_data_path" in header
+    makefile = (ROOT / "Makefile").read_text()
+    assert f"--config trainer/configs/{STAGE2_PRESET.name}" in makefile and "data_gen conditions" in makefile
+    model_args, data_args, args = parse_args(["--config", str(STAGE2_PRESET), "--data_path", str(SAMPLE), "--output_dir",
+                                              str(tmp_path), "--init_adapter", str(tmp_path), "--extra_data_path", str(SAMPLE)])
+    assert model_args.model_name_or_path == "gemma3-270m" and model_args.template == "alpaca-id"
+    assert data_args.max_train_samples > 0 and data_args.empty_input_share == 0.5 and data_args.val_set_size == 0.1
+    assert args.packing and args.save_strategy == "steps" and args.save_steps > 0  # resumable
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)

@@ -115,3 +115,51 @@ def test_the_held_out_share_comes_from_the_trained_folder(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         assert held_out_share([str(trained)], "GenMedGPT-5k-id.json", 0.1) == 0.1
     assert "held out 200" in caplog.text and "trained on" in caplog.text
+
+
+def test_the_question_set_is_answered_scored_and_reused(trained, tiny_gpt2, tmp_path):
+    """--questions: every model answers the project's question set, scored per answer; --previous copies a model
+    already measured on the same questions and settings instead of answering again."""
+    first = tmp_path / "first"
+    result = run_module("trainer.evaluate", "--model", trained, "--template", "alpaca-id", "--questions",
+                        "data/eval/questions.jsonl", "--questions_max_new_tokens", "3", "--shapes", "empty", "--out", first)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((first / "eval.json").read_text())
+    asked = report["questions"]
+    assert "models" not in report and asked["count"] == len(asked["items"]) >= 100 and asked["max_new_tokens"] == 3
+    m = asked["models"][str(trained)]["empty"]
+    assert len(m["answers"]) == len(m["scores"]) == asked["count"] and m["red_flag_questions"] == asked["red_flag_questions"]
+    assert 0 <= m["right_condition_share"] <= 1 and 0 <= m["emergency_share"] <= 1
+    assert "right condition" in (first / "eval.md").read_text()
+    second = tmp_path / "second"
+    result = run_module("trainer.evaluate", "--model", trained, "--model", tiny_gpt2, "--template", "alpaca-id",
+                        "--questions", "data/eval/questions.jsonl", "--questions_max_new_tokens", "3", "--shapes", "empty",
+                        "--previous", first / "eval.json", "--ask", "Dok, saya pilek sejak kemarin.", "--out", second)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((second / "eval.json").read_text())
+    again = report["questions"]["models"]
+    assert again[str(trained)] == asked["models"][str(trained)]  # copied, not answered again
+    assert "question results of ['" + str(trained) + "']" in result.stderr
+    assert len(again[str(tiny_gpt2)]["empty"]["answers"]) == asked["count"]
+    unseen = report["unseen"]  # --ask: every model answers, as the page does
+    assert unseen["questions"] == ["Dok, saya pilek sejak kemarin."] and set(unseen["models"]) == {str(trained), str(tiny_gpt2)}
+    assert unseen["settings"]["repetition_penalty"] == 1.1 and "Dok, saya pilek sejak kemarin." in (second / "eval.md").read_text()
+    third = tmp_path / "third"  # other settings: nothing is reused
+    result = run_module("trainer.evaluate", "--model", trained, "--template", "alpaca-id", "--questions",
+                        "data/eval/questions.jsonl", "--questions_max_new_tokens", "2", "--shapes", "empty",
+                        "--previous", first / "eval.json", "--out", third)
+    assert result.returncode == 0 and "question results of none" in result.stderr
+
+
+def test_held_out_results_are_reused_only_for_the_same_records(trained, tmp_path):
+    first = tmp_path / "first"
+    args = ["--model", trained, "--template", "alpaca-id", "--data_path", SAMPLE, "--limit", "2", "--max_new_tokens", "3",
+            "--shapes", "empty"]
+    assert run_module("trainer.evaluate", *args, "--out", first).returncode == 0
+    result = run_module("trainer.evaluate", *args, "--previous", first / "eval.json", "--out", tmp_path / "same")
+    assert result.returncode == 0 and f"{trained}: copied from" in result.stderr
+    same = json.loads((tmp_path / "same" / "eval.json").read_text())["models"]
+    assert same == json.loads((first / "eval.json").read_text())["models"]
+    result = run_module("trainer.evaluate", *args[:-4], "--limit", "3", *args[-4:], "--previous", first / "eval.json",
+                        "--out", tmp_path / "other")
+    assert result.returncode == 0 and "held-out results of none" in result.stderr

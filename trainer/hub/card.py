@@ -134,6 +134,18 @@ def _flatten(data: dict, prefix: str = "") -> list[tuple[str, object]]:
 def eval_table(data) -> str:
     """eval.json as Markdown: trainer.evaluate's comparison table, else whatever its shape (a mapping with
     nested keys dotted, a list of records, or JSON)."""
+    if isinstance(data, dict) and isinstance(data.get("questions"), dict):  # the question set first: what users ask
+        from trainer.eval_conditions import questions_intro, questions_table
+
+        asked = data["questions"]
+        rest = {k: v for k, v in data.items() if k != "questions"}
+        tables = [questions_intro(asked) + "\n\n" + questions_table(asked, name=_cell)]
+        tables += [eval_table(rest)] if isinstance(rest.get("models"), dict) else []
+        if isinstance(data.get("unseen"), dict):
+            from trainer.eval_conditions import unseen_markdown
+
+            tables.append(unseen_markdown(data["unseen"], name=_cell))
+        return "\n\n".join(tables)
     if isinstance(data, dict) and isinstance(data.get("models"), dict):
         from trainer.eval_report import comparison_table
 
@@ -174,6 +186,10 @@ def training_table(summary: RunSummary, base_label: str) -> str:
         ("method", s.method),
         ("prompt template", f"`{s.template}`" if s.template else None),
         ("data", _data_row(s)),
+        *([("second stage", f"continued from the adapter `{Path(s.init_adapter).name}`")] if s.init_adapter else []),
+        *([("training-only records", f"{_fmt(records.train_extra)} from "
+                                     f"{', '.join(Path(p).name for p in s.extra_data_path.split(','))}, added to the training split")]
+          if records.train_extra and s.extra_data_path else []),
         *([("prompt shapes", f"{_fmt(records.train_empty_input)} of {_fmt(records.train_used)} training records "
                              "in the demo's empty-input shape (the patient's words as the instruction), the rest as given")]
           if records.train_empty_input else []),
