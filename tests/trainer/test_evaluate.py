@@ -144,11 +144,6 @@ def test_the_question_set_is_answered_scored_and_reused(trained, tiny_gpt2, tmp_
     unseen = report["unseen"]  # --ask: every model answers, as the page does
     assert unseen["questions"] == ["Dok, saya pilek sejak kemarin."] and set(unseen["models"]) == {str(trained), str(tiny_gpt2)}
     assert unseen["settings"]["repetition_penalty"] == 1.1 and "Dok, saya pilek sejak kemarin." in (second / "eval.md").read_text()
-    third = tmp_path / "third"  # other settings: nothing is reused
-    result = run_module("trainer.evaluate", "--model", trained, "--template", "alpaca-id", "--questions",
-                        "data/eval/questions.jsonl", "--questions_max_new_tokens", "2", "--shapes", "empty",
-                        "--previous", first / "eval.json", "--out", third)
-    assert result.returncode == 0 and "question results of none" in result.stderr
 
 
 def test_held_out_results_are_reused_only_for_the_same_records(trained, tmp_path):

@@ -290,7 +290,11 @@ def _intro(info: CardInfo, base_label: str) -> list[str]:
         f"**{name}** is {what} {base_label} that answers health questions in Indonesian. It was trained "
         f"on {data_label} with alpaca-medis, a reproduction of the Stanford Alpaca recipe for Indonesian "
         "medical chat"
-        + (f", with the `{s.template}` prompt template" if s is not None and s.template else "") + ".\n",
+        + (f", with the `{s.template}` prompt template" if s is not None and s.template else "") + "."
+        + (f" A second stage continued the adapter `{Path(s.init_adapter).name}` on "
+           f"{_fmt(s.records.train_extra)} training-only records "
+           f"({', '.join(f'`{Path(p).name}`' for p in s.extra_data_path.split(','))})."
+           if s is not None and s.init_adapter and s.extra_data_path else "") + "\n",
         "> **Not medical advice.** This model is a research artefact trained on synthetic, machine-generated "
         "doctor–patient conversations. Its answers can be wrong, incomplete or dangerous. It is not a substitute "
         "for a doctor: for an emergency or a serious complaint, contact a health professional. "

@@ -413,7 +413,9 @@ def _clean_summary(folder: ModelFolder, staging: Path, base: ResolvedBase) -> di
     if data_path and (is_local_path(data_path) or Path(data_path).suffix in (".json", ".jsonl")):
         data_path = Path(data_path).name
     model = base.hub_id or (Path(base.recorded).name if base.recorded else None)
-    cleaned = summary.replace(model=model, data_path=data_path)
+    extra = ",".join(Path(p).name for p in summary.extra_data_path.split(",")) if summary.extra_data_path else None
+    init_adapter = Path(summary.init_adapter).name if summary.init_adapter else None
+    cleaned = summary.replace(model=model, data_path=data_path, extra_data_path=extra, init_adapter=init_adapter)
     _restage(staging, "train_summary.json", cleaned.to_json())
     return {"train_summary.json": "local paths replaced by names"} if cleaned != summary else {}
 
