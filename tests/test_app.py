@@ -213,7 +213,7 @@ UNSEEN = {
     "glaukoma": "Ibu saya 60 th sejak tadi malam tiba-tiba mata kirinya sakit hebat, merah, pandangannya kabur dan lihat "
                 "lingkaran pelangi di sekitar lampu, kepalanya sakit sampai muntah-muntah.",
 }
-NAMED_BY_V2 = ()  # filled from the shipped model's answers (README "The model")
+NAMED_BY_V2 = ("gagal_jantung",)  # of the six, the one v2 names (README "The model"): the others are wrong
 
 
 def test_unseen_questions_are_in_no_data_file():
