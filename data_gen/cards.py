@@ -75,6 +75,12 @@ class Card:
         """Every name that counts as naming this condition: the medical name, then the lay names."""
         return (self.name, *self.lay_names)
 
+    def named_in(self, text: str) -> bool:
+        """Whether `text` names this condition: its name or a lay name as whole words, case-insensitive (how the
+        evaluation scores an answer, and how records written by a chat model are checked)."""
+        lower = text.lower()
+        return any(re.search(r"(?<!\w)" + re.escape(name.lower()) + r"(?!\w)", lower) for name in self.names)
+
     def as_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "file"}
         out["source"] = vars(self.source)

@@ -196,7 +196,7 @@ def from_model(card: Card, client, n: int) -> tuple[list[dict], Counter]:
         if not (isinstance(text, str) and isinstance(out, str) and text.strip() and out.strip()):
             rejected["missing_field"] += 1
             continue
-        if not names_condition(out, card):
+        if not card.named_in(out):
             rejected["does_not_name_condition"] += 1
             continue
         shape = SHAPES[i % 2]
@@ -207,12 +207,6 @@ def from_model(card: Card, client, n: int) -> tuple[list[dict], Counter]:
     if not records and not rejected:
         rejected["no_json_records"] += 1
     return records, rejected
-
-
-def names_condition(text: str, card: Card) -> bool:
-    import re
-
-    return any(re.search(r"(?<!\w)" + re.escape(n.lower()) + r"(?!\w)", text.lower()) for n in card.names)
 
 
 # ------------------------------------------------------------------------------------------- run

@@ -93,8 +93,7 @@ def load_questions(path: str | Path, cards: list[Card]) -> list[Question]:
 
 
 def names_condition(answer: str, card: Card) -> bool:
-    text = answer.lower()
-    return any(re.search(r"(?<!\w)" + re.escape(name.lower()) + r"(?!\w)", text) for name in card.names)
+    return card.named_in(answer)
 
 
 def advises_emergency(answer: str) -> bool:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from data_gen.cards import CARD_DIR, GROUPS, CardError, load_cards
-from data_gen.conditions import LEAK_THRESHOLD, build, eval_questions, main, names_condition
+from data_gen.conditions import LEAK_THRESHOLD, build, eval_questions, main
 from data_gen.rouge import rouge_l, tokenize
 from fake_openai_server import FakeOpenAI, Reply
 from trainer.records import DOCTOR_INSTRUCTION, load_records
@@ -95,7 +95,7 @@ def test_records_cover_every_card_in_both_shapes_and_load_for_training(generated
             assert r["instruction"] == DOCTOR_INSTRUCTION["id"] and r["input"]
         else:
             assert r["input"] == "" and r["instruction"] != DOCTOR_INSTRUCTION["id"]
-        assert names_condition(r["output"], card), r["output"]
+        assert card.named_in(r["output"]), r["output"]
         assert EMERGENCY_WORDS.search(r["output"]), r["output"]  # every answer says when it is an emergency
         if r["red_flag"]:  # a red flag is answered with the emergency first
             assert EMERGENCY_WORDS.search(r["output"].split(". ")[0] + r["output"].split(". ")[1]), r["output"]

@@ -46,7 +46,7 @@ def test_stanford_alpaca_command_trains_and_lowers_the_loss(llama_run, tiny_llam
     assert summary["eval_loss_final"] < summary["eval_loss_initial"] - 0.05
     assert summary["train_loss_final"] < summary["train_loss_first"]
     assert summary["records"] == {"valid": 48, "skipped_invalid": 0, "train": 43, "val": 5, "val_evaluated": 5, "train_used": 43,
-                                  "train_empty_input": 0, "val_set_size": 0.1}
+                                  "train_empty_input": 0, "train_extra": 0, "val_set_size": 0.1}
     assert summary["examples"]["train"]["truncated"] == 0 and summary["examples"]["train"]["learned_tokens"] > 0
     assert summary["learned_tokens_trained"] > 0 and summary["learned_tokens_per_second"] > 0
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
