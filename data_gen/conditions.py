@@ -162,10 +162,13 @@ def compose(card: Card, by_id: dict[str, Card], seed: int, index: int) -> dict:
     red_flag = rng.choice(card.red_flags) if rng.random() < 0.25 else None
     text, subject, voice = message(card, rng, red_flag)
     out = answer(card, by_id, rng, subject, red_flag, short=rng.random() < 0.4)
-    shape = SHAPES[index % 2]
-    return {"instruction": DOCTOR_INSTRUCTION["id"] if shape == "input" else text,
-            "input": text if shape == "input" else "", "output": out,
-            "condition": card.id, "red_flag": bool(red_flag) or card.emergency, "voice": voice, "shape": shape}
+    return in_shape(text, out, SHAPES[index % 2], condition=card.id, red_flag=bool(red_flag) or card.emergency, voice=voice)
+
+
+def in_shape(message: str, out: str, shape: str, **fields) -> dict:
+    """A patient's message and its answer as an Alpaca record in one of SHAPES, with the generator's own fields."""
+    instruction, given = (DOCTOR_INSTRUCTION["id"], message) if shape == "input" else (message, "")
+    return {"instruction": instruction, "input": given, "output": out, **fields, "shape": shape}
 
 
 # ------------------------------------------------------------------------------- with a chat model
@@ -199,11 +202,7 @@ def from_model(card: Card, client, n: int) -> tuple[list[dict], Counter]:
         if not card.named_in(out):
             rejected["does_not_name_condition"] += 1
             continue
-        shape = SHAPES[i % 2]
-        text = " ".join(text.split())
-        records.append({"instruction": DOCTOR_INSTRUCTION["id"] if shape == "input" else text,
-                        "input": text if shape == "input" else "", "output": out.strip(), "condition": card.id,
-                        "red_flag": None, "voice": None, "shape": shape})
+        records.append(in_shape(" ".join(text.split()), out.strip(), SHAPES[i % 2], condition=card.id, red_flag=None, voice=None))
     if not records and not rejected:
         rejected["no_json_records"] += 1
     return records, rejected
@@ -239,11 +238,11 @@ def build(cards: list[Card], per_card: int, seed: int, rouge_threshold: float, q
     per = {}
     for card in tqdm(cards, desc="cards", unit="card", disable=not progress or None):
         kept = 0
-        candidates = (compose(card, by_id, seed, i) for i in range(per_card * 4)) if client is None else None
-        if client is not None:
-            made, rejected = from_model(card, client, per_card)
+        if client is None:
+            candidates = (compose(card, by_id, seed, i) for i in range(per_card * 4))
+        else:
+            candidates, rejected = from_model(card, client, per_card)
             counts.update(rejected)
-            candidates = iter(made)
         for record in candidates:
             if kept == per_card:
                 break

@@ -54,7 +54,6 @@ SEIZURE = (r"(?<!otot )(?<!atau )(?<!kram dan )(?<!kram atau )(?<!kram, )(?<!per
 # "bibir gak bengkak", "tidak demam": a negated sign is no sign
 NEGATED = re.compile(r"\b(?:tidak|tak|gak|ga|nggak|enggak|tanpa|bukan)\s+(?:ada\s+)?(?:bengkak|sesak|pingsan|demam|panas|muntah|kejang|"
                      r"berdarah|biru|kaku)\w*", re.IGNORECASE)
-NOT_NOW = r"(?:hampir|mau|seperti\s+mau|rasanya\s+mau|kayak\s+mau|pernah|dulu|sering|kadang|kadang-kadang|takut)\s+"
 
 
 # Chat Indonesian to the standard words the rules are written in ("sy ga bisa napas" -> "saya tidak bisa napas"):
