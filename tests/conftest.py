@@ -138,3 +138,35 @@ def run_module(module: str, *args: str, env: dict | None = None, timeout: int = 
         [sys.executable, "-m", module, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
         timeout=timeout, env={**os.environ, **(env or {})},
     )
+
+
+# Concurrent readers of a BatchedChat (tests of batching and of int8 serving).
+def wait_for(predicate, seconds=60):
+    deadline = time.time() + seconds
+    while not predicate():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def run_together(batched, threads, seconds=120):
+    """Start the readers' threads; the worker starts once all of them wait, so they form one batch."""
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(batched.waiting) == len(threads))
+    batched.start()
+    for t in threads:
+        t.join(timeout=seconds)
+
+
+def ask_together(batched, questions, **options):
+    """Each question from its own thread, answered in one batch."""
+    from trainer.serve.inference import GenerationStats  # torch: imported by the tests that ask
+
+    answers, stats = [None] * len(questions), [GenerationStats() for _ in questions]
+
+    def ask(i):
+        texts = list(batched.stream(questions[i], stats=stats[i], **options))
+        answers[i] = texts[-1] if texts else ""
+
+    run_together(batched, [threading.Thread(target=ask, args=(i,)) for i in range(len(questions))])
+    return answers, stats

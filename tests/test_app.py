@@ -1,6 +1,9 @@
 """The demo as a user meets it: a real server on 127.0.0.1 (Gradio UI + OpenAI API), driven through
 gradio_client and the real openai client."""
 
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -8,7 +11,7 @@ from gradio_client import Client
 from openai import BadRequestError, OpenAI
 
 import app
-from conftest import SAMPLE, run_module, start_server
+from conftest import ROOT, SAMPLE, free_port, run_module, start_server
 from trainer.prompts import get_template
 from trainer.serve.inference import ChatModel
 
@@ -248,3 +251,20 @@ def test_the_shipped_model_names_the_condition_of_an_unseen_question(condition, 
     assert names_condition(answer, card), answer
     assert chat.last.finish == "eos"
 
+
+
+@pytest.mark.parametrize("flag, env, want", [
+    (["--quantize", "int8"], {}, "cpu, int8 weights, float32 activations"),
+    ([], {"QUANTIZE": "none"}, "cpu, "),
+])
+def test_the_start_up_line_names_the_quantization_chosen(trained, flag, env, want):
+    cmd = [sys.executable, "app.py", "--model", str(trained), "--port", str(free_port()), "--max_batch", "1", *flag]
+    process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               env={**os.environ, "QUANTIZE": "", **env})
+    try:
+        line = process.stdout.readline()
+    finally:
+        process.kill()
+        process.wait()
+    assert line.startswith(f"alpaca-medis: {trained} ({want}")
+    assert ("int8" in line) == ("int8" in flag)

@@ -104,6 +104,6 @@ def comparison_table(result: dict, name=lambda n: f"`{n}`") -> str:
     return (
         f"{result.get('records')} held-out records ({result.get('split')} split of "
         f"{Path(str(result.get('data_path'))).name}), greedy answers of at most {result.get('max_new_tokens')} tokens, "
-        f"{result.get('dtype', 'float32')}. "
+        f"{result.get('dtype', 'float32')}" + (" with int8 weights" if result.get("quantize") == "int8" else "") + ". "
         "Prompt `input`: " + SHAPES["input"] + "; `empty`: " + SHAPES["empty"] + ".\n\n" + "\n".join(rows)
     )

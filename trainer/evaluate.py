@@ -42,7 +42,7 @@ from trainer import records as record_lib
 from trainer.eval_report import SHAPES, answer_metrics, comparison_table, messages_for
 from trainer.models import ModelError
 from trainer.run_summary import RunSummary, SummaryError
-from trainer.serve.defaults import GENERATION
+from trainer.serve.defaults import GENERATION, QUANTIZE_CHOICES
 from trainer.serve.inference import ChatModel, InputError, on_torch_thread
 
 logger = logging.getLogger("trainer.evaluate")
@@ -91,15 +91,15 @@ def greedy_answers(chat: ChatModel, conversations: list[list[dict]], max_new_tok
     return results
 
 
-def load_chat(name: str, template: str | None = None, dtype: torch.dtype = torch.float32) -> ChatModel:
+def load_chat(name: str, template: str | None = None, dtype: torch.dtype = torch.float32, quantize: str = "none") -> ChatModel:
     # fp32 by default: losses and greedy answers stay comparable across machines (the app picks bf16
-    # where a CPU runs it fast, which shifts both a little).
+    # where a CPU runs it fast, which shifts both a little). int8 weights only when asked: they shift both too.
     try:
-        return ChatModel.load(name, dtype=dtype)  # the model's own chat_template ...
+        return ChatModel.load(name, dtype=dtype, quantize=quantize)  # the model's own chat_template ...
     except ModelError:
         if not template:
             raise
-        return ChatModel.load(name, template, dtype=dtype)  # ... or --template when it has none
+        return ChatModel.load(name, template, dtype=dtype, quantize=quantize)  # ... or --template when it has none
 
 
 def evaluate_questions(name: str, chat: ChatModel, questions, cards, max_new_tokens: int, shapes=tuple(SHAPES),
@@ -205,14 +205,15 @@ class Previous:
         records, questions = {}, {}
         if (args.data_path and old.get("models") and same(old.get("data_path"), args.data_path)
                 and old.get("split") == args.split and old.get("max_new_tokens") == args.max_new_tokens
-                and old.get("dtype") == args.dtype and old.get("records") == args.limit):
+                and old.get("dtype") == args.dtype and old.get("quantize", "none") == args.quantize
+                and old.get("records") == args.limit):
             for name, by_shape in old["models"].items():
                 answered = all("answers" in by_shape.get(s, {}) for s in shapes)
                 if all(s in by_shape for s in shapes) and (answered or name in args.loss_only):
                     records[name] = {s: by_shape[s] for s in shapes}
         asked = old.get("questions") or {}
         if (args.questions and asked and same(asked.get("path"), args.questions) and old.get("dtype") == args.dtype
-                and asked.get("max_new_tokens") == args.questions_max_new_tokens):
+                and old.get("quantize", "none") == args.quantize and asked.get("max_new_tokens") == args.questions_max_new_tokens):
             questions = {n: {s: m[s] for s in shapes} for n, m in asked["models"].items() if all(s in m for s in shapes)}
         logger.info("--previous %s: reusing held-out results of %s and question results of %s", path,
                     sorted(records) or "none", sorted(questions) or "none")
@@ -247,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="float32 compares across machines; bfloat16 is the demo's dtype where the CPU runs it fast, "
                              "and there about twice as fast")
+    parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="none",
+                        help="int8 weights, as the page serves them where they are faster (trainer/serve/quantize.py): "
+                             "batches of answers decode several times faster on a CPU; the rest runs in --dtype")
     parser.add_argument("--loss_only", action="append", default=[],
                         help="a --model to measure by loss only, without generating answers (repeatable)")
     parser.add_argument("--ask", action="append", default=[], metavar="QUESTION",
@@ -284,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             if not (need_records or need_questions or args.ask):
                 logger.info("%s: copied from %s", name, args.previous)
                 continue
-            chat = load_chat(name, args.template, getattr(torch, args.dtype))
+            chat = load_chat(name, args.template, getattr(torch, args.dtype), args.quantize)
             if need_records:
                 models[name] = evaluate_model(name, chosen, args.max_new_tokens, args.template, shapes, args.batch_size,
                                               getattr(torch, args.dtype), answers=name not in args.loss_only, chat=chat)
@@ -297,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     except (record_lib.DataError, ModelError, SummaryError, CardError, eval_conditions.QuestionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    result = {"dtype": args.dtype, "shapes": shapes}
+    result = {"dtype": args.dtype, "quantize": args.quantize, "shapes": shapes}
     if args.data_path:
         result.update({"data_path": args.data_path, "split": args.split, "records": len(chosen),
                        "max_new_tokens": args.max_new_tokens, "models": models, "samples": chosen[:5]})

@@ -74,6 +74,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per variant; the best counts")
     parser.add_argument("--users", type=int, nargs="+", default=[1, 4, 8, 16],
                         help="serving: concurrent users per round (each streams --new_tokens tokens)")
+    parser.add_argument("--quantize", nargs="+", choices=("none", "head", "int8"), default=["none", "head", "int8"],
+                        help="inference and serving: the engines to measure besides the page's own (none = unquantized in the dtype "
+                             "the page picks here, plus float32 where that is bf16; head / int8 as app.py --quantize)")
+    parser.add_argument("--gguf", default=None, help="inference: also measure llama.cpp (llama-cpp-python, if installed) on this "
+                                                     "GGUF, e.g. out/gguf/alpaca-medis-270m-q8_0.gguf from `make gguf`")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure the torch.compile variant (minutes of compiling on a CPU)")
     parser.add_argument("--max_length", type=int, default=512, help="max length of training examples (as trainer.train)")

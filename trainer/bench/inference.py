@@ -7,6 +7,7 @@ the variants that might be faster.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from trainer.bench.machine import memory_bandwidth_gbs
-from trainer.bench.report import log
+from trainer.bench.report import log, markdown_table
+from trainer.bench.training import BenchError
 from trainer.serve.inference import ChatModel, on_torch_thread
 
 if TYPE_CHECKING:
@@ -28,16 +30,21 @@ PATIENT = (
 )
 
 Run = Callable[[int], int]  # run(n) generates n tokens (EOS ignored) and returns how many it made
-# (name, in the app path, make() -> (run, the model it runs)); make() loads or sets up only when measured
-Variant = tuple[str, bool, Callable[[], tuple[Run, torch.nn.Module]]]
+# (name, in the app path, make() -> (run, weight bytes per token, peak RSS options or None)); make() loads or sets up
+# only when measured; the options, when given, are measured by trainer.bench.footprint in a process of their own.
+Variant = tuple[str, bool, Callable[[], tuple[Run, int, dict | None]]]
 
 
 def weight_bytes_per_token(model) -> int:
     """Bytes of weights one decoded token reads: every parameter once (a tied embedding/lm_head is
-    one tensor), except an untied input embedding, of which a token reads a single row."""
+    one tensor), int8 layers at a byte per weight, except an untied input embedding (int8 gives the head a
+    copy of its own), of which a token reads a single row."""
+    from trainer.serve.quantize import Int8Linear
+
     total = sum(p.numel() * p.element_size() for p in model.parameters())
+    total += sum(m.in_features * m.out_features + 4 * m.out_features for m in model.modules() if isinstance(m, Int8Linear))
     embed, head = model.get_input_embeddings(), model.get_output_embeddings()
-    if head is None or embed.weight is not head.weight:
+    if head is None or getattr(head, "weight", None) is not embed.weight:
         total -= embed.weight.numel() * embed.weight.element_size()
     return total
 
@@ -143,7 +150,7 @@ class Setup:
 
 
 def _setup(args) -> Setup:
-    chat = ChatModel.load(args.model, args.template)
+    chat = ChatModel.load(args.model, args.template, quantize="auto")  # as the page loads it
     device = chat.model.device
     message = bench_message(chat, args.prompt_tokens)
     text, prompt_tokens, _ = chat.prompt(message, max_new_tokens=args.new_tokens)
@@ -156,63 +163,100 @@ def _setup(args) -> Setup:
 
 def _variants(s: Setup, args) -> list[Variant]:
     """The app's path and the alternatives, in table order; the names are BENCHMARKS.md's row labels."""
+    from trainer.hw import fast_cpu_dtype
+
     chat, message, inputs = s.chat, s.message, s.inputs
-    device, dtype = chat.model.device, chat.model.dtype
-    short = str(dtype).removeprefix("torch.")
+    device = chat.model.device
+    app_mode = "int8" if "int8 weights" in chat.settings else "head" if "int8 head" in chat.settings else "none"
+    fast = fast_cpu_dtype()[0] if device.type == "cpu" else torch.bfloat16
+    app_engine = {"model": args.model, "template": args.template, "quantize": "auto"}
 
-    def on_app_model(make_run):
-        return lambda: (make_run(), chat.model)
+    def on_app_model(make_run, footprint=None):
+        return lambda: (make_run(), weight_bytes_per_token(chat.model), footprint)
 
-    def on_own_model(make_run, **options):  # another ChatModel, loaded with these options
+    def on_own_model(make_run, footprint=True, **options):  # another ChatModel, loaded with these options
         def make():
             other = ChatModel.load(args.model, args.template, device=str(device), **options)
-            return make_run(other), other.model
+            dtype = options.get("dtype")
+            engine = {**app_engine, **options, "dtype": str(dtype).removeprefix("torch.") if dtype else None}
+            return make_run(other), weight_bytes_per_token(other.model), engine if footprint else None
         return make
+
+    def stream_of(other):
+        return stream_run(other, message)
 
     variants = [
         ("HF generate, float32 (plain transformers)", False,
-         on_own_model(lambda other: generate_run(other.model, inputs), dtype=torch.float32)),
-        (f"HF generate, {short}", False, on_app_model(lambda: generate_run(chat.model, inputs))),
-        (f"forward loop, {short} (the floor: no generate, no streaming)", False,
-         on_app_model(lambda: lambda n: forward_loop(chat.model, inputs["input_ids"], n))),
-        (f"ChatModel.stream ({chat.settings})", True, on_app_model(lambda: stream_run(chat, message))),
+         on_own_model(lambda other: generate_run(other.model, inputs), footprint=False, dtype=torch.float32)),
+        (f"ChatModel.stream ({chat.settings})", True, on_app_model(lambda: stream_run(chat, message), app_engine)),
     ]
-    if dtype != torch.float32:
-        variants.append(("stream, float32 (the dtype where bf16 is slow)", False,
-                         on_own_model(lambda other: stream_run(other, message), dtype=torch.float32)))
+    names = {"none": f"stream, unquantized {str(fast).removeprefix('torch.')}", "head": "stream, int8 head (--quantize head)",
+             "int8": "stream, every layer int8 (--quantize int8)"}
+    for mode in args.quantize:
+        if mode != app_mode:
+            variants.append((names[mode], False, on_own_model(stream_of, quantize=mode)))
+    if "none" in args.quantize and fast != torch.float32:
+        variants.append(("stream, unquantized float32 (where bf16 is slow)", False,
+                         on_own_model(stream_of, quantize="none", dtype=torch.float32)))
+    variants.append(("forward loop, the app's model (the floor: no generate, no streaming)", False,
+                     on_app_model(lambda: lambda n: forward_loop(chat.model, inputs["input_ids"], n))))
     if "without oneDNN" in chat.settings:
         variants.append(("stream, oneDNN for one-token steps too", False,
-                         on_own_model(lambda other: stream_run(other, message), dtype=dtype, onednn_for_one_token=True)))
+                         on_own_model(lambda other: stream_run(other, message), footprint=False, dtype=chat.model.dtype,
+                                      onednn_for_one_token=True)))
     variants.append(("stream + static KV cache", False,
                      on_app_model(lambda: stream_run(chat, message, {"cache_implementation": "static"}))))
-    if args.compile:
+    if args.compile and app_mode == "none":  # torch.compile cannot trace fbgemm's packed int8 weights (BENCHMARKS.md)
         variants.append(("stream + static KV cache + torch.compile", False,
                          on_app_model(lambda: stream_run(chat, message, compile_options(device)))))
     if device.type == "cpu" and torch.get_num_threads() > 1:
         variants.append(("stream, 1 thread", False, on_app_model(lambda: one_thread(stream_run(chat, message)))))
+    if args.gguf:
+        variants.append((f"llama.cpp, {os.path.basename(args.gguf)} (llama-cpp-python)", False, lambda: _llama_cpp(s, args)))
     return variants
 
 
-def _measure_one(variant: Variant, bandwidth: float, new_tokens: int, repeats: int) -> tuple[dict, dict]:
+def _llama_cpp(s: Setup, args) -> tuple[Run, int, dict]:
+    """llama.cpp on the same prompt text (its tokens equal ours: the export check), on torch's thread count."""
+    from trainer.bench.llama_cpp import greedy_run, load_llama
+
+    try:
+        llm = load_llama(args.gguf)
+    except ImportError:
+        from trainer.bench.llama_cpp import INSTALL_HINT
+
+        raise BenchError(f"--gguf {args.gguf}: {INSTALL_HINT}") from None
+    prompt = s.chat.prompt(s.message, max_new_tokens=args.new_tokens)[0]
+    # A tied q8_0 GGUF holds each weight once; a decoded token reads nearly all of the file.
+    return greedy_run(llm, prompt), os.path.getsize(args.gguf), {"gguf": args.gguf, "threads": torch.get_num_threads()}
+
+
+def _measure_one(variant: Variant, s: Setup, new_tokens: int, repeats: int) -> tuple[dict, dict]:
     """(table row, result) of one variant."""
+    from trainer.bench.footprint import peak_rss_mb
+
     name, kept, make = variant
     log(f"inference: {name}")
-    run, model = make()
+    run, weight_bytes, engine = make()
     try:
         r = time_generation(run, new_tokens, repeats)
     except Exception as e:  # an option this stack cannot run is a result, not the end of the benchmark
         if kept:
             raise
         r = {"error": f"{type(e).__name__}: {e}"[:300]}
-    weight_bytes = weight_bytes_per_token(model)
-    bound = bandwidth * 1e9 / weight_bytes
+    del run  # frees a model of the variant's own before the next loads
+    peak = None
+    if engine is not None and "error" not in r:
+        log(f"inference: {name}: peak RSS, in a process of its own")
+        peak = peak_rss_mb(s.message, s.chat.prompt(s.message)[0], **engine)
+    bound = s.bandwidth * 1e9 / weight_bytes
     result = {"variant": name, "in_app_path": kept, "weight_bytes_per_token": weight_bytes,
-              "bound_tokens_per_s": bound, **r}
+              "bound_tokens_per_s": bound, "peak_rss_mb": peak, **r}
     decode = r.get("decode_tokens_per_s")
     row = {
         "variant": name, "TTFT (s)": r.get("ttft_seconds"), "decode tok/s": decode,
         "weight MB/token": weight_bytes / 1e6, "bound tok/s": bound,
-        "% of bound": None if decode is None else 100 * decode / bound,
+        "% of bound": None if decode is None else 100 * decode / bound, "peak RSS (MB)": peak,
         "first run (s)": r.get("warmup_seconds"), "in the app path": r.get("error", kept),
     }
     return row, result
@@ -220,7 +264,7 @@ def _measure_one(variant: Variant, bandwidth: float, new_tokens: int, repeats: i
 
 def _measure(variants: list[Variant], s: Setup, args) -> tuple[list[dict], list[dict]]:
     """(table rows, results), one each per variant; the app's model is left with no extra options."""
-    measured = [_measure_one(v, s.bandwidth, args.new_tokens, args.repeats) for v in variants]
+    measured = [_measure_one(v, s, args.new_tokens, args.repeats) for v in variants]
     s.chat.generate_options = {}
     return [row for row, _ in measured], [result for _, result in measured]
 
@@ -236,12 +280,66 @@ def _notes(s: Setup, args, app: dict, share: float) -> list[str]:
     ]
 
 
+def first_token_parts(chat: ChatModel, message: str, repeats: int = 3) -> list[dict]:
+    """Where the time to the first text goes on the app's path, each part timed alone (best of `repeats`): the chat
+    template and token count (`prompt`), tokenizing, the prefill on a prompt length seen before and on a new one
+    (oneDNN builds kernels per shape), generate() of one token, and the first text of ChatModel.stream and of
+    BatchedChat.stream (its gathering wait included)."""
+    from trainer.serve.batching import BatchedChat
+
+    text = chat.prompt(message)[0]
+    ids = chat.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(chat.model.device)
+    lengths = iter(range(1, 10_000))
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    def prefill(new_shape: bool):
+        x = torch.cat([ids, ids[:, -1:].repeat(1, next(lengths))], 1) if new_shape else ids
+        with torch.inference_mode():
+            int(chat.model(x, logits_to_keep=1).logits[0, -1].argmax())
+
+    def generate_one():
+        with torch.inference_mode():
+            chat.model.generate(ids, max_new_tokens=1, do_sample=False, pad_token_id=chat._pad_token_id)
+
+    def first_text(reader):
+        def run():
+            for _ in reader.stream(message, max_new_tokens=8, temperature=0.0, repetition_penalty=1.1):
+                break
+        return run
+
+    batched = BatchedChat(chat, max_batch=8)
+    try:
+        parts = [
+            ("chat template + token count (ChatModel.prompt)", best(lambda: chat.prompt(message))),
+            ("tokenize the prompt", best(lambda: chat.tokenizer(text, add_special_tokens=False))),
+            ("prefill, a prompt length seen before", best(lambda: on_torch_thread(prefill, False))),
+            ("prefill, a new prompt length", best(lambda: on_torch_thread(prefill, True))),
+            ("generate() of 1 token (prefill + its setup)", best(lambda: on_torch_thread(generate_one))),
+            ("first text, ChatModel.stream (one user)", best(first_text(chat))),
+            (f"first text, BatchedChat.stream (page and /v1; gathers {batched.gather_seconds * 1000:.0f} ms)", best(first_text(batched))),
+        ]
+    finally:
+        batched.close()
+    return [{"part": name, "ms": 1000 * seconds} for name, seconds in parts]
+
+
 def bench_inference(args) -> dict:
     s = _setup(args)
     rows, results = _measure(_variants(s, args), s, args)
     app = next(r for r in results if r["in_app_path"])
     share = app["decode_tokens_per_s"] / app["bound_tokens_per_s"]
+    log("inference: where the first token's time goes")
+    first = first_token_parts(s.chat, s.message, args.repeats)
     return {"model": args.model, "settings": s.chat.settings, "prompt_tokens": s.prompt_tokens, "new_tokens": args.new_tokens,
             "memory_bandwidth_gbs": s.bandwidth, "variants": results, "app_ttft_seconds": app["ttft_seconds"],
-            "app_decode_tokens_per_s": app["decode_tokens_per_s"], "app_share_of_bound": share,
-            "notes": _notes(s, args, app, share), "table": rows}
+            "app_decode_tokens_per_s": app["decode_tokens_per_s"], "app_share_of_bound": share, "first_token": first,
+            "notes": _notes(s, args, app, share), "table": rows,
+            "after": ["", f"Where the first token's time goes ({s.prompt_tokens}-token prompt, app path, best of {args.repeats}):", "",
+                      markdown_table(first)]}

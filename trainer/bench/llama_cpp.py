@@ -24,6 +24,34 @@ from pathlib import Path
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "data" / "sample.jsonl"
 
 
+INSTALL_HINT = "needs llama-cpp-python: `pip install llama-cpp-python` (it builds llama.cpp, ~20 min on 2 cores)."
+
+
+def load_llama(gguf: str, threads: int | None = None):
+    """llama.cpp (llama-cpp-python) on `gguf`, on `threads` threads (default: as many as torch uses)."""
+    from llama_cpp import Llama
+
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    return Llama(model_path=gguf, n_ctx=2048, n_threads=threads, verbose=False)
+
+
+def greedy_run(llm, prompt: str):
+    """run(n) for trainer.bench.inference: n greedy tokens after `prompt` (the chat template already applied), EOS
+    ignored, the prompt evaluated afresh every time (llama-cpp-python would otherwise reuse the cached prefix)."""
+    ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+    no_eos = {llm.token_eos(): -1e9}
+
+    def run(n: int) -> int:
+        llm.reset()
+        reply = llm.create_completion(ids, max_tokens=n, temperature=0.0, top_k=1, repeat_penalty=1.0, logit_bias=no_eos)
+        return reply["usage"]["completion_tokens"]
+
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gguf", required=True)
@@ -34,10 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_json", default=None)
     args = parser.parse_args(argv)
     try:
-        from llama_cpp import Llama
+        import llama_cpp  # noqa: F401
     except ImportError:
-        print("error: needs llama-cpp-python: `pip install llama-cpp-python` (it builds llama.cpp, ~20 min on 2 cores).",
-              file=sys.stderr)
+        print(f"error: {INSTALL_HINT}", file=sys.stderr)
         return 2
     import torch
 
@@ -46,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tokenizer, model = load_tokenizer(args.model), load_model(args.model).eval()
     start = time.perf_counter()
-    llm = Llama(model_path=args.gguf, n_ctx=2048, n_threads=torch.get_num_threads(), verbose=False)
+    llm = load_llama(args.gguf)
     result = {"gguf": Path(args.gguf).name, "load_seconds": round(time.perf_counter() - start, 2),
               "chat_format": llm.chat_format, "records": 0, "same_tokens": 0, "same_answers": 0,
               "llama_cpp_tokens": 0, "llama_cpp_seconds": 0.0}

@@ -76,6 +76,7 @@ def _front_matter_problems(front: dict) -> list[str]:
 def _config_problems(config: dict, front: dict) -> list[str]:
     """config.yaml: a model the Space can get (kept here, or listed in `models`), a known template, pinned remote code."""
     from trainer.prompts import TEMPLATES
+    from trainer.serve.defaults import QUANTIZE_CHOICES
 
     problems = [f"config.yaml lacks `{key}`" for key in CONFIG_KEYS if not config.get(key)]
     if config.get("template") and config["template"] not in TEMPLATES:
@@ -86,6 +87,8 @@ def _config_problems(config: dict, front: dict) -> list[str]:
                             "restore it with `git checkout -- models/` or build it with `make model`")
     elif config.get("model") and isinstance(front.get("models"), list) and config["model"] not in front["models"]:
         problems.append(f"config.yaml serves {config['model']}, which README.md's `models` does not list")
+    if "quantize" in config and config["quantize"] not in QUANTIZE_CHOICES:
+        problems.append(f"config.yaml: quantize {config['quantize']!r} is unknown; use one of {', '.join(QUANTIZE_CHOICES)}")
     if config.get("trust_remote_code") and not re.fullmatch(r"[0-9a-f]{40}", str(config.get("revision") or "")):
         problems.append(
             f"config.yaml: trust_remote_code needs `revision`: the 40-character commit of {config.get('model')} to run "

@@ -139,10 +139,40 @@ def _contiguous_input(module, args):
     return (args[0].contiguous(), *args[1:])
 
 
-def _load_model_for_speed(name, device, dtype, onednn_for_one_token, trust_remote_code, revision):
-    """(model, settings): the model in `dtype`, else the fastest here, with oneDNN off for one-token steps where that is faster."""
+def _quantize_choice(quantize: str, on_cpu: bool, dtype: torch.dtype | None) -> tuple[str, torch.dtype | None, str]:
+    """(what goes int8: "none", "head" or "int8" = every linear layer, the dtype of the rest, why) for --quantize."""
+    from trainer.serve.defaults import QUANTIZE_CHOICES
+    from trainer.serve.quantize import int8_faster_here
+
+    if quantize not in QUANTIZE_CHOICES:
+        raise ModelError(f"quantize={quantize!r} is not a choice; use one of {', '.join(QUANTIZE_CHOICES)}.")
+    if quantize == "none" or (quantize == "auto" and not on_cpu):  # CUDA keeps bf16 unless int8 is asked for
+        return "none", dtype, ""
+    # With every layer in int8 the rest (norms, attention, the embedding lookup, the KV cache) runs in fp32 on a CPU:
+    # fbgemm takes fp32 input, and converting around every layer decoded ~10 % slower (BENCHMARKS.md, "Inference:
+    # int8"). It also spares CPUs without fast bf16 its emulation.
+    everything = dtype or (torch.float32 if on_cpu else torch.bfloat16)
+    if quantize in ("int8", "head"):
+        return quantize, everything if quantize == "int8" else dtype, "as asked"
+    unquantized = dtype or fast_cpu_dtype()[0]
+    faster, why = int8_faster_here(unquantized)
+    if not faster:
+        return "none", dtype, f"quantize auto: {why}, so unquantized"
+    if unquantized == torch.bfloat16:
+        # Where bf16 is fast, an int8 body decodes only ~3 % faster than a bf16 one (the step's op overhead, not its
+        # bytes, dominates) but departs from the model's answers more; the int8 head alone keeps bf16's answers.
+        return "head", dtype, f"quantize auto: {why}; bf16 is fast here, so the head only"
+    return "int8", everything, f"quantize auto: {why}, so int8"
+
+
+def _load_model_for_speed(name, device, dtype, onednn_for_one_token, trust_remote_code, revision, quantize="none", tokenizer=None):
+    """(model, settings): the model in `dtype`, else the fastest here, with oneDNN off for one-token steps where
+    that is faster; with int8 weights where `quantize` asks for them or (auto) chooses them (`_quantize_choice`)."""
     on_cpu = torch.device(device).type == "cpu"
     measured = []
+    part, dtype, chosen = _quantize_choice(quantize, on_cpu, dtype)  # part in int8: "none", "head" or "int8" (all)
+    if chosen:
+        measured.append(chosen)
     if dtype is None:
         dtype, why = fast_cpu_dtype() if on_cpu else (torch.bfloat16, "bf16 on CUDA")
         measured.append(why)
@@ -151,6 +181,14 @@ def _load_model_for_speed(name, device, dtype, onednn_for_one_token, trust_remot
         model = model.merge_and_unload()
         measured.append("LoRA adapter merged")
     model = model.to(device).eval()
+    if part != "none":
+        from trainer.serve.quantize import calibration_ids, int8_layer_count, quantize_int8
+
+        if part == "head":
+            quantize_int8(model, head_only=True)
+        else:
+            quantize_int8(model, calibration=calibration_ids(tokenizer) if tokenizer is not None else None)
+        measured.append(f"{int8_layer_count(model)} linear layers in int8")
     if onednn_for_one_token is None and on_cpu and dtype == torch.bfloat16:
         faster, why = one_token_faster_without_onednn()
         onednn_for_one_token = not faster
@@ -158,14 +196,17 @@ def _load_model_for_speed(name, device, dtype, onednn_for_one_token, trust_remot
     if onednn_for_one_token is False:
         _OneTokenStepsWithoutOneDNN(model)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if on_cpu and head is not None:
+    if on_cpu and head is not None and part == "none":
         # generate() asks for the last position's logits only, a strided view of the hidden states; on the CPU a
         # bf16 linear layer over a non-contiguous input leaves oneDNN for a kernel ~200x slower (for Gemma's
         # 262k-word head ~0.9 s per prompt, ~6 s for a batch of 8; BENCHMARKS.md, "Serving"). A copy costs
         # nothing in comparison.
         head.register_forward_pre_hook(_contiguous_input)
-    settings = f"{device}, {str(dtype).removeprefix('torch.')}" + (
-        ", one-token steps without oneDNN" if onednn_for_one_token is False else "")
+    precision = (f"int8 weights, {str(dtype).removeprefix('torch.')} activations" if part == "int8" else
+                 str(dtype).removeprefix("torch.") + (", int8 head" if part == "head" else ""))
+    settings = f"{device}, {precision}" + (", one-token steps without oneDNN" if onednn_for_one_token is False else "")
+    if quantize == "auto" and chosen:  # the start-up line says what auto chose and why
+        settings += f" ({chosen})"
     logger.info("%s: %s (%s)", name, settings, "; ".join(measured) or "as asked")
     return model, settings
 
@@ -186,8 +227,11 @@ class ChatModel:
     @classmethod
     def load(cls, name: str = PROJECT_MODEL, template: str | None = None, device: str | None = None,
              trust_remote_code: bool = False, revision: str | None = None, dtype: torch.dtype | None = None,
-             onednn_for_one_token: bool | None = None) -> ChatModel:
-        """`dtype` and `onednn_for_one_token` default to what is fastest here (see the module docstring)."""
+             onednn_for_one_token: bool | None = None, quantize: str = "none") -> ChatModel:
+        """`dtype` and `onednn_for_one_token` default to what is fastest here (see the module docstring);
+        `quantize` (trainer/serve/quantize.py): "int8" (every linear layer and the head), "head" (the head only),
+        "none", or "auto": the head where bf16 is fast, every layer where it is not, none where int8 is not faster
+        (timed) and on CUDA."""
         tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code, revision=revision)
         if template:
             tokenizer.chat_template = chat_template_for(tokenizer, get_template(template))
@@ -195,7 +239,7 @@ class ChatModel:
             raise ModelError(f"{name} has no chat_template; pass a template ({', '.join(TEMPLATES)}).")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, settings = on_torch_thread(
-            _load_model_for_speed, name, device, dtype, onednn_for_one_token, trust_remote_code, revision)
+            _load_model_for_speed, name, device, dtype, onednn_for_one_token, trust_remote_code, revision, quantize, tokenizer)
         return cls(model, tokenizer, name, settings=settings, base=adapter_base(resolve(name)))
 
     @property

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from conftest import SAMPLE, build_model, run_module
 from trainer.bench import cli
@@ -34,6 +35,16 @@ def test_every_part_on_tiny_fixtures(tiny_llama, tmp_path):
         assert 1 <= v["new_tokens"] <= 6  # the stream path ends early only at a marker
         assert v["bound_tokens_per_s"] == pytest.approx(inference["memory_bandwidth_gbs"] * 1e9 / v["weight_bytes_per_token"])
     assert all(v["new_tokens"] == 6 for name, v in variants.items() if not name.startswith(("ChatModel", "stream")))
+    # every engine: the page's own (quantize auto), and unquantized, int8 head and every layer int8 beside it
+    engines = [v for v in variants.values() if v["peak_rss_mb"] is not None]
+    assert len(engines) == 4 and all(100 < v["peak_rss_mb"] < 4000 for v in engines)
+    int8 = next(v for name, v in variants.items() if "int8" in name and ("every layer" in name or "int8 weights" in name))
+    fp32 = variants["stream, unquantized float32 (where bf16 is slow)"] if "stream, unquantized float32 (where bf16 is slow)" in variants \
+        else variants["stream, unquantized float32"]
+    assert int8["weight_bytes_per_token"] < fp32["weight_bytes_per_token"] / 3  # a byte per weight, against four
+    parts = [p["part"] for p in inference["first_token"]]
+    assert parts[0].startswith("chat template") and parts[-1].startswith("first text, BatchedChat.stream")
+    assert all(p["ms"] > 0 for p in inference["first_token"])
 
     assert data["records"] == 48 and data["tokens"] > 48 and data["tokenize_records_per_s"] > 0
     assert data["dedup"]["n"] == 100 and data["dedup_texts_per_s"] > 0
@@ -42,7 +53,8 @@ def test_every_part_on_tiny_fixtures(tiny_llama, tmp_path):
     assert report["command"] in md and "Machine: " in md and f"torch {report['machine']['torch']}" in md
     for heading in ("## machine", "## inference", "## data"):
         assert heading in md
-    assert "| variant | TTFT (s) | decode tok/s | weight MB/token | bound tok/s | % of bound |" in md
+    assert "| variant | TTFT (s) | decode tok/s | weight MB/token | bound tok/s | % of bound | peak RSS (MB) |" in md
+    assert "Where the first token's time goes" in md and "| part | ms |" in md
     assert "| matmul fp32" in md and "| tokenize_records" in md and "| RougeDedup.add" in md
     assert "TTFT < 0.5 s" in md and result.stdout.strip() == md.strip()
 
@@ -52,6 +64,18 @@ def test_a_missing_data_file_is_named_with_the_fix(tmp_path, capsys):
     assert cli.main(["--part", "data", "--data_path", str(missing)]) == 2
     err = capsys.readouterr().err
     assert str(missing) in err and "--data_path" in err and err.count("\n") == 1
+
+
+def test_weight_bytes_count_int8_layers_at_a_byte_per_weight():
+    from trainer.serve.quantize import quantize_int8
+
+    gemma = build_model("gemma", vocab_size=600)  # tied: after quantizing, the head is an int8 copy; the lookup reads a row
+    linear = sum(m.weight.numel() for m in gemma.modules() if isinstance(m, torch.nn.Linear) and m is not gemma.lm_head)
+    others = sum(p.numel() for p in gemma.parameters()) - linear - gemma.lm_head.weight.numel()
+    heads = gemma.lm_head.weight.numel()
+    outputs = sum(m.weight.shape[0] for m in gemma.modules() if isinstance(m, torch.nn.Linear))
+    quantize_int8(gemma)
+    assert bench_inference.weight_bytes_per_token(gemma) == linear + heads + 4 * outputs + 4 * others  # others: the norms
 
 
 def test_weight_bytes_count_a_tied_embedding_once_and_an_untied_one_not_at_all():

@@ -160,19 +160,29 @@ def test_invalid_space_folder_lists_every_problem(tmp_path):
     (space / "README.md").write_text(readme)
     config = yaml.safe_load((space / "config.yaml").read_text())
     del config["template"], config["revision"]
+    config["quantize"] = "int4"
     (space / "config.yaml").write_text(yaml.safe_dump(config))
     (space / "requirements.txt").write_text("gradio==5.0\ntorch\n")
     with pytest.raises(PushError) as e:
         validate_space(space)
-    for problem in ("lacks `sdk_version`", "use `sdk: gradio`", "lacks `template`", "trust_remote_code needs `revision`", "lists gradio"):
+    for problem in ("lacks `sdk_version`", "use `sdk: gradio`", "lacks `template`", "trust_remote_code needs `revision`", "lists gradio",
+                    "quantize 'int4' is unknown; use one of auto, int8, head, none"):
         assert problem in str(e.value)
+
+
+def test_a_space_may_force_int8_weights(tmp_path):
+    from trainer.hub.spaces import validate_space
+
+    space = Path(shutil.copytree(ROOT / "spaces" / "alpaca-medis-270m", tmp_path / "int8"))
+    (space / "config.yaml").write_text((space / "config.yaml").read_text().replace("quantize: auto", "quantize: int8"))
+    assert validate_space(space)[1]["quantize"] == "int8"
 
 
 def test_the_project_space_bundles_its_adapter_and_serves_it_on_a_free_cpu(hub, tmp_path):
     from trainer.hub.spaces import validate_space
 
     front, config = validate_space(ROOT / "spaces" / "alpaca-medis-270m")
-    assert config["model"] == "alpaca-medis-270m" and config["template"] == "alpaca-id"
+    assert config["model"] == "alpaca-medis-270m" and config["template"] == "alpaca-id" and config["quantize"] == "auto"
     assert front["suggested_hardware"] == "cpu-basic" and front["license_name"] == "gemma"
     body = (ROOT / "spaces" / "alpaca-medis-270m" / "README.md").read_text()
     assert "Gemma Terms of Use" in body and "not a substitute for a doctor" in body

@@ -2,12 +2,11 @@
 only its own row, and a full queue refuses with BusyError instead of hanging."""
 
 import threading
-import time
 
 import pytest
 import torch
 
-from conftest import start_server
+from conftest import ask_together, run_together, start_server, wait_for
 from trainer.serve.batching import BatchedChat
 from trainer.serve.inference import BusyError, ChatModel, GenerationStats
 
@@ -19,35 +18,6 @@ QUESTIONS = ["Saya demam.", "Dokter, kepala saya pusing sejak kemarin pagi dan m
 @pytest.fixture(scope="module")
 def chat(tiny_llama):
     return ChatModel.load(str(tiny_llama), "alpaca-id", dtype=torch.float32)
-
-
-def wait_for(predicate, seconds=60):
-    deadline = time.time() + seconds
-    while not predicate():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.01)
-
-
-def run_together(batched, threads, seconds=120):
-    """Start the readers' threads; the worker starts once all of them wait, so they form one batch."""
-    for t in threads:
-        t.start()
-    wait_for(lambda: len(batched.waiting) == len(threads))
-    batched.start()
-    for t in threads:
-        t.join(timeout=seconds)
-
-
-def ask_together(batched, questions, **options):
-    """Each question from its own thread, answered in one batch."""
-    answers, stats = [None] * len(questions), [GenerationStats() for _ in questions]
-
-    def ask(i):
-        texts = list(batched.stream(questions[i], stats=stats[i], **options))
-        answers[i] = texts[-1] if texts else ""
-
-    run_together(batched, [threading.Thread(target=ask, args=(i,)) for i in range(len(questions))])
-    return answers, stats
 
 
 def test_a_batch_answers_as_one_at_a_time(chat):
