@@ -3,13 +3,15 @@
     python -m trainer.bench --output_dir bench/                                   # every part, ~20 min on 2 CPU cores
     python -m trainer.bench --part machine inference data --output_dir bench/     # ~4 min
     python -m trainer.bench --part inference --model out --new_tokens 128
+    python -m trainer.bench --part inference serving --model alpaca-medis-270m --gguf out/gguf/alpaca-medis-270m-q8_0.gguf
 
 Parts (PARTS), one module each in trainer/bench/: `machine` (matmul GFLOP/s in fp32 and bf16, memory
 read bandwidth), `training` (padded vs --group_by_length vs --packing runs of trainer.train: learned
 tokens/s, padding, peak memory, MFU), `inference` (time to first token and decode tokens/s of
-ChatModel's streaming path against the memory-bandwidth bound, and the options that may help),
-`serving` (1, 4, 8, 16 users streaming at once through the batched serving path: aggregate and
-per-user tokens/s, time to first token p50/p95), `data` (tokenization and ROUGE-L dedup throughput on --data_path). Each part returns a dict; its
+ChatModel's streaming path against the memory-bandwidth bound, the --quantize engines, llama.cpp on a --gguf
+file, each engine's peak RSS, the options that may help, and where the first token's time goes),
+`serving` (1, 4, 8, 16 users streaming at once through the batched serving path, per --quantize engine:
+aggregate and per-user tokens/s, time to first token p50/p95), `data` (tokenization and ROUGE-L dedup throughput on --data_path). Each part returns a dict; its
 "table" (a list of rows) becomes a markdown table, its "notes" lines go above it and "after" below
 (trainer/bench/report.py). --output_dir DIR gets bench.json (every number) and bench.md (tables
 ready for BENCHMARKS.md, with the command and the machine). Progress goes to stderr. Numbers are

@@ -48,9 +48,20 @@ def main(argv: list[str] | None = None) -> int:
         chat.generate_options = {"min_new_tokens": args.max_new_tokens}
         chat.answer(request["message"], max_new_tokens=args.max_new_tokens)
         settings, made = chat.settings, chat.last.new_tokens
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_rss_mb": round(peak / 1024), "settings": settings, "new_tokens": made}))
+    print(json.dumps({"peak_rss_mb": round(peak_kb() / 1024), "settings": settings, "new_tokens": made}))
     return 0
+
+
+def peak_kb() -> int:
+    """This process's peak resident memory in kB. Linux's ru_maxrss survives execve, so a child forked from a large
+    parent would report the parent's size; VmHWM belongs to the new program's own memory map."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def peak_rss_mb(message: str, prompt: str, **options) -> int | None:

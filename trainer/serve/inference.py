@@ -14,6 +14,8 @@ BENCHMARKS.md). A decoded token reads every weight once, so decoding is bound by
 - both are decided by timing at the first load, never by CPU flags, which VMs misreport;
 - all torch work runs on one thread, TORCH_THREAD (why: at its definition), with torch's usual
   intra-op threads: a single one makes both the prompt and decoding slower;
+- int8 weights with `quantize` (trainer/serve/quantize.py): the output head alone where bf16 is fast (it keeps
+  the model's greedy answers), every linear layer where it is not (3x fp32's decode speed);
 - no static KV cache: every step attends over the whole cache, which generate() keeps at the longest
   size any answer needed, so after one long conversation every answer decodes slower; and no
   torch.compile on top of it, which decoded no faster and compiles again for each new cache size.
@@ -136,7 +138,9 @@ class _OneTokenStepsWithoutOneDNN:
 
 
 def _contiguous_input(module, args):
-    return (args[0].contiguous(), *args[1:])
+    # A copy with standard strides: .contiguous() returns a [1, 1, d] view unchanged (size-1 dimensions count as
+    # contiguous whatever their strides), and oneDNN still takes its slow path on it.
+    return (args[0].clone(memory_format=torch.contiguous_format), *args[1:])
 
 
 def _quantize_choice(quantize: str, on_cpu: bool, dtype: torch.dtype | None) -> tuple[str, torch.dtype | None, str]:

@@ -95,11 +95,17 @@ def _bounds(cols: int) -> torch.Tensor:
     return bounds
 
 
-def int8_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 weight, fp32 scale per output row): symmetric, round to nearest, max |w| of a row -> 127."""
-    w = weight.detach().float()
-    scale = (w.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
-    return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+def int8_per_channel(weight: torch.Tensor, rows: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 weight, fp32 scale per output row): symmetric, round to nearest, max |w| of a row -> 127. A block of
+    `rows` at a time, so a 262k-row head needs no fp32 copies of itself at load (peak memory)."""
+    q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+    scale = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
+    for start in range(0, weight.shape[0], rows):
+        w = weight[start : start + rows].detach().float()
+        s = (w.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
+        q[start : start + rows] = torch.round(w / s[:, None]).clamp(-127, 127)
+        scale[start : start + rows] = s
+    return q, scale
 
 
 def smoothing(input_peak: torch.Tensor, weight: torch.Tensor, alpha: float = SMOOTHING_ALPHA) -> torch.Tensor:
@@ -125,7 +131,7 @@ class Int8Linear(torch.nn.Module):
         on_cpu = weight.device.type == "cpu"
         self.kernel = kernel or ("dynamic" if on_cpu and dynamic_kernel_available() else "weight_only")
         smooth = None
-        if self.kernel == "dynamic" and input_peak is not None:
+        if self.kernel == "dynamic" and input_peak is not None and exact is None:  # a rescored head needs no smoothing
             smooth = smoothing(input_peak, weight)
             weight = weight.detach().float() * smooth
         self.register_buffer("smooth", None if smooth is None else 1 / smooth, persistent=False)
@@ -136,9 +142,9 @@ class Int8Linear(torch.nn.Module):
                 raise QuantizeError("the dynamic int8 kernel runs on the CPU only; use kernel='weight_only'.")
             with warnings.catch_warnings():  # quantized tensors are deprecated in favour of torchao; still the fast CPU path
                 warnings.simplefilter("ignore")
-                qweight = torch.quantize_per_channel(q.float() * scale[:, None], scale.double(), torch.zeros_like(scale, dtype=torch.long),
-                                                     axis=0, dtype=torch.qint8)
+                qweight = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
                 self._packed = torch.ops.quantized.linear_prepack(qweight, None)
+            del qweight, q
             self.register_buffer("bounds", _bounds(self.in_features), persistent=False)
             self.reduce_range = reduce_range()
         elif self.kernel == "weight_only":
@@ -174,7 +180,7 @@ class Int8Linear(torch.nn.Module):
             # The head's int8 logits pick the candidates, the exact weights score them: greedy decoding and the
             # top of a sampled distribution then equal the unquantized model's (unless its best token falls outside
             # the int8 top REFINED, never seen on the agreement check), at the cost of REFINED rows of the embedding.
-            top = y.topk(REFINED, dim=-1).indices
+            top = y.topk(min(REFINED, self.out_features), dim=-1).indices
             exact = torch.einsum("md,mkd->mk", x.reshape(-1, self.in_features).to(self.exact.dtype), self.exact[top])
             y = y.scatter_(-1, top, exact.to(y.dtype))
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
