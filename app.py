@@ -116,8 +116,9 @@ def main() -> None:
     parser.add_argument("--max_waiting", type=int, default=32, help="requests waiting beyond that are refused (HTTP 429)")
     parser.add_argument("--backend_model", default=None, metavar="NAME", help="the --backend model (default: the first it lists)")
     parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, default=None,
-                        help="int8 weights for every linear layer and the head (about twice the decode speed on a CPU); "
-                             "auto: int8 where this CPU runs it faster (timed at load; never on CUDA). "
+                        help="int8 weights (README, The demo): int8 = every linear layer and the head (3x fp32's decode speed), "
+                             "head = the output head only (keeps the model's answers), none; auto = head where bf16 is fast, "
+                             "int8 where it is not, none where int8 is not faster (timed at load) or on CUDA. "
                              "Default: $QUANTIZE, config.yaml, or auto")
     args = parser.parse_args()
     if zerogpu.available():

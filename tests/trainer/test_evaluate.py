@@ -158,3 +158,10 @@ def test_held_out_results_are_reused_only_for_the_same_records(trained, tmp_path
     result = run_module("trainer.evaluate", *args[:-4], "--limit", "3", *args[-4:], "--previous", first / "eval.json",
                         "--out", tmp_path / "other")
     assert result.returncode == 0 and "held-out results of none" in result.stderr
+    # int8 weights are another model: measured again, and named in the report
+    result = run_module("trainer.evaluate", *args, "--quantize", "int8", "--previous", first / "eval.json", "--out", tmp_path / "int8")
+    assert result.returncode == 0 and "held-out results of none" in result.stderr
+    int8 = json.loads((tmp_path / "int8" / "eval.json").read_text())
+    assert int8["quantize"] == "int8" and "int8 weights, float32 activations" in result.stderr
+    assert "float32 with int8 weights." in (tmp_path / "int8" / "eval.md").read_text()
+    assert int8["models"][str(trained)]["empty"]["loss"] > 0

@@ -119,10 +119,11 @@ def smoothing(input_peak: torch.Tensor, weight: torch.Tensor, alpha: float = SMO
 
 class Int8Linear(torch.nn.Module):
     """y = x W^T + b with W stored as int8 per output channel (see the module docstring for the kernels).
-    `input_peak` (max |x| per input channel, from calibration) smooths the dynamic kernel's inputs."""
+    `input_peak` (max |x| per input channel, from calibration) smooths the dynamic kernel's inputs. An int8 `weight`
+    comes with its `scale` (per output row) and is taken as it is."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, kernel: str | None = None,
-                 input_peak: torch.Tensor | None = None, exact: torch.Tensor | None = None):
+                 input_peak: torch.Tensor | None = None, exact: torch.Tensor | None = None, scale: torch.Tensor | None = None):
         super().__init__()
         # A tied head's weights in their own dtype (the input embedding, kept for the lookup anyway): the top
         # REFINED outputs of every row are recomputed from them (see `forward`).
@@ -131,11 +132,13 @@ class Int8Linear(torch.nn.Module):
         on_cpu = weight.device.type == "cpu"
         self.kernel = kernel or ("dynamic" if on_cpu and dynamic_kernel_available() else "weight_only")
         smooth = None
+        if weight.dtype == torch.int8 and (scale is None or input_peak is not None):
+            raise QuantizeError("an int8 weight needs its scale per output row, and cannot be smoothed.")
         if self.kernel == "dynamic" and input_peak is not None and exact is None:  # a rescored head needs no smoothing
             smooth = smoothing(input_peak, weight)
             weight = weight.detach().float() * smooth
         self.register_buffer("smooth", None if smooth is None else 1 / smooth, persistent=False)
-        q, scale = int8_per_channel(weight)
+        q, scale = (weight, scale.float()) if weight.dtype == torch.int8 else int8_per_channel(weight)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone(), persistent=False)
         if self.kernel == "dynamic":
             if not on_cpu:
@@ -252,14 +255,13 @@ def int8_layer_count(model: torch.nn.Module) -> int:
 def int8_faster_here(dtype: torch.dtype, rows: int = 16384, cols: int = 2048) -> tuple[bool, str]:
     """Whether an int8 matrix-vector product (a decode step's linear layers) beats one in `dtype` on this CPU, as
     the unquantized model would run it (oneDNN on or off as `hw.one_token_faster_without_onednn` chose). Timed on
-    a matrix larger than the caches (~0.3 s), never read from CPU flags."""
+    a matrix larger than the caches (~0.3 s here, most of it packing the int8 matrix), never read from CPU flags."""
     import time
 
     from trainer.hw import one_token_faster_without_onednn
 
-    weight = torch.full((rows, cols), 0.01)
-    int8 = Int8Linear(weight)
-    dense = weight.to(dtype)
+    int8 = Int8Linear(torch.ones((rows, cols), dtype=torch.int8), scale=torch.full((rows,), 0.01))
+    dense = torch.full((rows, cols), 0.01, dtype=dtype)
     x, x32 = torch.full((1, 1, cols), 0.01, dtype=dtype), torch.full((1, 1, cols), 0.01)
     onednn = not (dtype == torch.bfloat16 and one_token_faster_without_onednn()[0])
 

@@ -120,3 +120,15 @@ def test_an_unknown_choice_is_refused(tiny_llama):
 
     with pytest.raises(ModelError, match="quantize='int4' is not a choice; use one of auto, int8, head, none"):
         ChatModel.load(str(tiny_llama), "alpaca-id", quantize="int4")
+
+
+def test_an_int8_weight_is_taken_with_its_scale():
+    q = torch.randint(-127, 128, (48, 32), dtype=torch.int8)
+    scale = torch.rand(48) + 0.5
+    x = torch.randn(3, 32)
+    for kernel in ("dynamic", "weight_only"):
+        layer = Int8Linear(q, scale=scale, kernel=kernel)
+        want = x @ (q.float() * scale[:, None]).T
+        assert float((layer(x) - want).abs().max() / want.abs().max()) < 0.02
+    with pytest.raises(QuantizeError, match="needs its scale"):
+        Int8Linear(q)
