@@ -11,8 +11,8 @@ tokens/s, padding, peak memory, MFU), `inference` (time to first token and decod
 ChatModel's streaming path against the memory-bandwidth bound, the --quantize engines, llama.cpp on a --gguf
 file, each engine's peak RSS, the options that may help, and where the first token's time goes),
 `serving` (1, 4, 8, 16 users streaming at once through the batched serving path, per --quantize engine:
-aggregate and per-user tokens/s, time to first token p50/p95), `data` (tokenization and ROUGE-L dedup throughput on --data_path). Each part returns a dict; its
-"table" (a list of rows) becomes a markdown table, its "notes" lines go above it and "after" below
+aggregate and per-user tokens/s, time to first token p50/p95), `data` (tokenization and ROUGE-L dedup
+throughput on --data_path). Each part returns a dict; its "table" (a list of rows) becomes a markdown table, its "notes" lines go above it and "after" below
 (trainer/bench/report.py). --output_dir DIR gets bench.json (every number) and bench.md (tables
 ready for BENCHMARKS.md, with the command and the machine). Progress goes to stderr. Numbers are
 measurements, never test asserts: other processes on the machine slow them, so each part also says
