@@ -34,6 +34,22 @@ def fast_cpu_dtype() -> tuple[torch.dtype, str]:
     return (torch.bfloat16 if fast else torch.float32), measured
 
 
+def call_ms(fn, onednn: bool | None = None, repeats: int = 5) -> float:
+    """Mean milliseconds of fn() over `repeats` calls after one warm-up, with oneDNN on or off if `onednn` says
+    (restored after)."""
+    before = torch.backends.mkldnn.enabled
+    if onednn is not None:
+        torch.backends.mkldnn.enabled = onednn
+    try:
+        fn()  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        return (time.perf_counter() - start) / repeats * 1000
+    finally:
+        torch.backends.mkldnn.enabled = before
+
+
 @functools.cache
 def one_token_faster_without_onednn(rows: int = 16384, cols: int = 2048) -> tuple[bool, str]:
     """Whether a bf16 matrix-vector product (every linear layer of a one-token decode step) is faster
@@ -44,15 +60,7 @@ def one_token_faster_without_onednn(rows: int = 16384, cols: int = 2048) -> tupl
     x = torch.full((1, 1, cols), 0.01, dtype=torch.bfloat16)
 
     def ms(onednn: bool) -> float:
-        before, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, onednn
-        try:
-            torch.nn.functional.linear(x, weight)  # warm-up
-            start = time.perf_counter()
-            for _ in range(5):
-                torch.nn.functional.linear(x, weight)
-            return (time.perf_counter() - start) / 5 * 1000
-        finally:
-            torch.backends.mkldnn.enabled = before
+        return call_ms(lambda: torch.nn.functional.linear(x, weight), onednn)
 
     with_onednn, without = ms(True), ms(False)
     return without < 0.8 * with_onednn, f"bf16 matrix-vector {without:.2f} ms without oneDNN, {with_onednn:.2f} ms with"

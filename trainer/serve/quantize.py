@@ -201,9 +201,12 @@ def quantize_int8(model: torch.nn.Module, kernel: str | None = None, calibration
                if isinstance(module, torch.nn.Linear) and (module is head or not head_only)]
     if not linears:
         raise QuantizeError(f"{type(model).__name__} has no {'output head' if head_only else 'nn.Linear layers'} to quantize.")
-    peaks = input_peaks(model, linears, calibration) if calibration is not None else {}
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     tied = head is not None and embedding is not None and head.weight is embedding.weight
+    # A tied head is rescored, not smoothed (Int8Linear): it needs no peaks, and the calibration pass then skips its
+    # logits over every position (349 x 262k floats for Gemma, 0.37 GB at load).
+    smoothed = [(name, module) for name, module in linears if not (tied and module is head)]
+    peaks = input_peaks(model, smoothed, calibration, every_logit=len(smoothed) == len(linears)) if calibration is not None else {}
     for name, module in linears:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -220,8 +223,10 @@ def quantize_int8(model: torch.nn.Module, kernel: str | None = None, calibration
     return model
 
 
-def input_peaks(model: torch.nn.Module, linears: list[tuple[str, torch.nn.Linear]], ids: torch.Tensor) -> dict[str, torch.Tensor]:
-    """max |x| per input channel of each linear layer, over one forward pass of `ids`."""
+def input_peaks(model: torch.nn.Module, linears: list[tuple[str, torch.nn.Linear]], ids: torch.Tensor,
+                every_logit: bool = True) -> dict[str, torch.Tensor]:
+    """max |x| per input channel of each linear layer, over one forward pass of `ids` (the head's logits at the last
+    position only unless `every_logit`: then the head's own peaks cover one position)."""
     peaks: dict[str, torch.Tensor] = {}
 
     def record(name):
@@ -233,7 +238,7 @@ def input_peaks(model: torch.nn.Module, linears: list[tuple[str, torch.nn.Linear
     hooks = [module.register_forward_pre_hook(record(name)) for name, module in linears]
     try:
         with torch.inference_mode():
-            model(input_ids=ids.reshape(1, -1).to(model.device))
+            model(input_ids=ids.reshape(1, -1).to(model.device), **({} if every_logit else {"logits_to_keep": 1}))
     finally:
         for hook in hooks:
             hook.remove()
@@ -252,31 +257,19 @@ def int8_layer_count(model: torch.nn.Module) -> int:
     return sum(isinstance(m, Int8Linear) for m in model.modules())
 
 
+@functools.cache
 def int8_faster_here(dtype: torch.dtype, rows: int = 16384, cols: int = 2048) -> tuple[bool, str]:
     """Whether an int8 matrix-vector product (a decode step's linear layers) beats one in `dtype` on this CPU, as
     the unquantized model would run it (oneDNN on or off as `hw.one_token_faster_without_onednn` chose). Timed on
-    a matrix larger than the caches (~0.3 s here, most of it packing the int8 matrix), never read from CPU flags."""
-    import time
-
-    from trainer.hw import one_token_faster_without_onednn
+    a matrix larger than the caches (~0.3 s here, most of it packing the int8 matrix), never read from CPU flags;
+    once per process, as hw.py's choices are, so every model loaded here is served alike."""
+    from trainer.hw import call_ms, one_token_faster_without_onednn
 
     int8 = Int8Linear(torch.ones((rows, cols), dtype=torch.int8), scale=torch.full((rows,), 0.01))
     dense = torch.full((rows, cols), 0.01, dtype=dtype)
     x, x32 = torch.full((1, 1, cols), 0.01, dtype=dtype), torch.full((1, 1, cols), 0.01)
     onednn = not (dtype == torch.bfloat16 and one_token_faster_without_onednn()[0])
-
-    def ms(fn) -> float:
-        fn()  # warm-up
-        start = time.perf_counter()
-        for _ in range(5):
-            fn()
-        return (time.perf_counter() - start) / 5 * 1000
-
-    before, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, onednn
-    try:
-        dense_ms = ms(lambda: torch.nn.functional.linear(x, dense))
-    finally:
-        torch.backends.mkldnn.enabled = before
-    int8_ms = ms(lambda: int8(x32))
+    dense_ms = call_ms(lambda: torch.nn.functional.linear(x, dense), onednn)
+    int8_ms = call_ms(lambda: int8(x32))
     name = str(dtype).removeprefix("torch.")
     return int8_ms < 0.8 * dense_ms, f"matrix-vector int8 {int8_ms:.2f} ms, {name} {dense_ms:.2f} ms"
