@@ -30,9 +30,9 @@ def trained(tiny_llama, tmp_path_factory):
     return out
 
 
-def serve(chat: ChatModel, config: dict = app.DEFAULTS):
+def serve(chat: ChatModel, config: dict = app.DEFAULTS, ratings=None):
     """Start app.build_app on a free port in a thread; returns (url, server)."""
-    return start_server(app.build_app(chat, config))
+    return start_server(app.build_app(chat, config, ratings))
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,22 @@
 """The page in a real browser: Debian's chromium driven by Playwright (never `playwright install`),
 against the app serving its default model, alpaca-medis-270m, as `make demo` does."""
 
+import json
 import shutil
+import sys
 import time
 
 import pytest
 from test_app import serve
 
 import app
+from conftest import ROOT, wait_for
 from trainer.eval_report import is_indonesian
+from trainer.serve.feedback import FeedbackStore, Ratings
 from trainer.serve.inference import ChatModel
+
+sys.path.insert(0, str(ROOT / "tests" / "trainer" / "hub"))
+from test_push import TOKEN, serve_hub  # noqa: E402  the Hub stand-in
 
 pytestmark = [
     pytest.mark.slow,
@@ -21,11 +28,24 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 
 @pytest.fixture(scope="module")
-def page():
+def feedback(tmp_path_factory):
+    """The page's ratings: a file, pushed (when a test triggers it) to a dataset repo on the Hub stand-in."""
+    import huggingface_hub.constants
+    from huggingface_hub import HfApi
+
+    with serve_hub() as hub, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # conftest.py's default, for the real Hub
+        store = FeedbackStore(tmp_path_factory.mktemp("feedback") / "ratings.jsonl", "me/medis-feedback", 60,
+                              api=HfApi(endpoint=hub.url, token=TOKEN))
+        yield store, hub
+
+
+@pytest.fixture(scope="module")
+def page(feedback):
     from playwright.sync_api import sync_playwright
 
     chat = ChatModel.load(app.DEFAULTS["model"])
-    url, server = serve(chat, {**app.DEFAULTS, "max_new_tokens": MAX_NEW_TOKENS})
+    url, server = serve(chat, {**app.DEFAULTS, "max_new_tokens": MAX_NEW_TOKENS}, Ratings(feedback[0], chat))
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1100, "height": 900})
@@ -115,3 +135,32 @@ def test_red_flag_message_shows_the_emergency_notice_above_the_answer(page, tmp_
     before = len(bot_messages(page))
     ask(page, "Saya pilek dan bersin-bersin sejak kemarin, hidung tersumbat. Kenapa ya?")
     assert "Tanda bahaya" not in wait_for_answer(page, chat, before)
+
+
+def test_a_rating_with_a_correction_is_stored_and_pushed(page, feedback, tmp_path):
+    page, chat = page
+    store, hub = feedback
+    if not bot_messages(page):  # run alone; after the tests above, their last answer is rated
+        ask(page, "Saya pilek dan bersin-bersin sejak kemarin, hidung tersumbat. Kenapa ya?")
+        wait_for_answer(page, chat, 0)
+    answer = bot_text(page)
+    question = page.query_selector_all("[data-testid='user']")[-1].inner_text().strip()
+    body = page.inner_text("body")
+    assert "tanpa alamat IP, cookie atau sesi" in body and "Bukan pengganti dokter" in body
+    page.get_by_label("Koreksi (opsional) · correction (optional)").fill("Kemungkinan rinitis alergi; hindari debu.")
+    page.get_by_role("button", name="Dislike", exact=True).last.click()
+    page.get_by_text("✓ Penilaian tersimpan · rating saved: 👎 + koreksi").wait_for(timeout=30_000)
+    page.screenshot(path=str(tmp_path / "rated.png"), full_page=True)
+    (record,) = [json.loads(line) for line in store.path.read_text(encoding="utf-8").splitlines()]
+    assert record["rating"] == "dislike" and record["correction"] == "Kemungkinan rinitis alergi; hindari debu."
+    assert record["messages"][-1] == {"role": "user", "content": question} and record["messages"][0]["role"] == "user"
+    assert not any(m["content"].startswith("🚨") for m in record["messages"])  # the page's notices are not kept
+    assert " ".join(record["answer"].split()) == " ".join(answer.split())
+    assert record["model"] == "alpaca-medis-270m" and record["revision"].startswith("sha256:")
+    assert record["settings"]["max_new_tokens"] == MAX_NEW_TOKENS
+    assert page.get_by_label("Koreksi (opsional) · correction (optional)").input_value() == ""  # sent with it
+
+    wait_for(lambda: store.scheduler is not None)
+    store.scheduler.trigger().result()  # the push the scheduler makes every FEEDBACK_EVERY_MINUTES
+    pushed = hub.files("me/medis-feedback", "dataset")[f"runs/{store.run}/ratings.jsonl"]
+    assert json.loads(pushed)["id"] == record["id"]

@@ -1,4 +1,4 @@
-"""Training batches from Alpaca records: token ids with masked prompt labels, the padding collator, the
+"""Training batches from records (Alpaca or conversations): token ids with masked prompt labels, the padding collator, the
 loss over learned tokens and what a batch holds. Used by the Trainer path, the FSDP loop and evaluation."""
 
 from __future__ import annotations
@@ -8,54 +8,92 @@ from dataclasses import dataclass
 
 import torch
 
-from trainer.records import DataError
+from trainer.records import DataError, alpaca_messages, is_conversation
 from trainer.run_summary import ExampleCounts
 
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # CrossEntropyLoss skips these positions: prompt and padding are not learned.
+TRAIN_ON = ("all", "last")  # which assistant turns of a conversation are learned
 
 
-def tokenize_records(records, tokenizer, template, max_length: int):
-    """Encode each record as prompt ids + response ids + EOS, with prompt labels masked.
+def tokenize_records(records, tokenizer, template, max_length: int, train_on: str = "all"):
+    """Encode each record as its exchanges' prompt ids + answer ids + EOS, with prompt labels masked.
 
-    Prompt and response are encoded separately and their ids concatenated: tokenizing the joined
+    An Alpaca record is one exchange; a conversation ({"messages": ...}) one per assistant turn, rendered
+    by `template.segments` exactly as the chat template renders it. Every answer and its EOS is learned,
+    or with `train_on="last"` only the final one. BOS (when the tokenizer adds it) comes once, first.
+
+    Prompt and answer are encoded separately and their ids concatenated: tokenizing the joined
     text can merge tokens across the boundary, so the prompt's tokens are not always a prefix of
     the full text's, and a length-based mask would then hide or expose the wrong tokens.
     """
     if tokenizer.eos_token_id is None:
         raise DataError("The tokenizer has no EOS token, so a trained model could never stop. Set tokenizer.eos_token.")
+    if train_on not in TRAIN_ON:
+        raise ValueError(f"train_on {train_on!r}: choose one of {', '.join(TRAIN_ON)}")
     if not records:  # e.g. no validation split (--val_set_size 0)
         return [], ExampleCounts()
-    prompts = [template.format(r["instruction"], r["input"]) for r in records]
-    prompt_ids = tokenizer(prompts)["input_ids"]
-    response_ids = tokenizer([r["output"] for r in records], add_special_tokens=False)["input_ids"]
-    n_bos = 1 if tokenizer.bos_token_id is not None and prompt_ids and prompt_ids[0][:1] == [tokenizer.bos_token_id] else 0
+    segments = [template.segments(r["messages"] if is_conversation(r) else alpaca_messages(r)) for r in records]
+    # One batched call per kind of piece: the first prompt with special tokens (BOS), the rest without.
+    first_ids = tokenizer([s[0][0] for s in segments])["input_ids"]
+    later = [p for s in segments for p, _ in s[1:]]
+    later_ids = iter(tokenizer(later, add_special_tokens=False)["input_ids"] if later else [])
+    answer_ids = iter(tokenizer([a for s in segments for _, a in s], add_special_tokens=False)["input_ids"])
+    n_bos = 1 if tokenizer.bos_token_id is not None and first_ids[0][:1] == [tokenizer.bos_token_id] else 0
     min_prompt = max(max_length // 4, n_bos + 1)
     examples, stats = [], ExampleCounts()
-    for p, r in zip(prompt_ids, response_ids):
-        r = r + [tokenizer.eos_token_id]
-        overflow = len(p) + len(r) - max_length
-        if overflow > 0:
-            stats.truncated += 1
-            # Prompt side first: drop its oldest tokens (after BOS) but keep its end, which holds the
-            # response marker the model must learn to answer after; then cut the response's tail.
-            cut = min(overflow, max(len(p) - min_prompt, 0))
-            p = p[:n_bos] + p[n_bos + cut :]
-            r = r[: max_length - len(p)]
-            if not r:
-                stats.dropped += 1
-                continue
-        examples.append({"input_ids": p + r, "labels": [IGNORE_INDEX] * len(p) + r})
-        stats.learned_tokens += len(r)
-        stats.tokens += len(p) + len(r)
+    for s, first in zip(segments, first_ids):
+        exchanges = [[first if i == 0 else next(later_ids), next(answer_ids) + [tokenizer.eos_token_id],
+                      train_on == "all" or i == len(s) - 1] for i in range(len(s))]
+        exchanges, truncated = _fit(exchanges, n_bos, max_length, min_prompt)
+        stats.truncated += truncated
+        if exchanges is None:
+            stats.dropped += 1
+            continue
+        ids, labels = [], []
+        for p, a, learned in exchanges:
+            ids += p + a
+            labels += [IGNORE_INDEX] * len(p) + (a if learned else [IGNORE_INDEX] * len(a))
+        examples.append({"input_ids": ids, "labels": labels})
+        stats.learned_tokens += sum(len(a) for _, a, learned in exchanges if learned)
+        stats.tokens += len(ids)
     stats.examples = len(examples)
     if stats.truncated:
         logger.warning(
-            "%d of %d examples were longer than %d tokens and truncated (prompt first); %d dropped with nothing left to learn",
-            stats.truncated, len(records), max_length, stats.dropped,
+            "%d of %d examples were longer than %d tokens and truncated (oldest exchanges, then prompt first); "
+            "%d dropped with nothing left to learn", stats.truncated, len(records), max_length, stats.dropped,
         )
     return examples, stats
+
+
+def _fit(exchanges: list[list], n_bos: int, max_length: int, min_prompt: int) -> tuple[list[list] | None, bool]:
+    """The exchanges ([prompt ids, answer ids, learned]) cut to max_length, whether they were cut; None if
+    nothing learnable is left.
+
+    Whole exchanges go first, oldest first, keeping the last one (the system text is in every prompt, so
+    what remains is still the conversation the chat template would render). Then the prompt side of the
+    last exchange: its oldest tokens (after BOS) but not its end, which holds the response marker the
+    model must learn to answer after; then the answer's tail."""
+    def length():
+        return sum(len(p) + len(a) for p, a, _ in exchanges)
+
+    if length() <= max_length:
+        return exchanges, False
+    bos = exchanges[0][0][:n_bos]
+    while len(exchanges) > 1 and length() > max_length:
+        exchanges = exchanges[1:]
+        exchanges[0] = [bos + exchanges[0][0], *exchanges[0][1:]]
+    overflow = length() - max_length
+    if overflow > 0:
+        (p, a, learned), = exchanges
+        cut = min(overflow, max(len(p) - min_prompt, 0))
+        p = p[:n_bos] + p[n_bos + cut :]
+        a = a[: max_length - len(p)]
+        if not a:
+            return None, True
+        exchanges = [[p, a, learned]]
+    return exchanges, True
 
 
 def learned_loss_sum(model, batch: dict, learned_only: bool = True) -> tuple[torch.Tensor, int]:

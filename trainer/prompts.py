@@ -85,6 +85,30 @@ class Template:
             return self.prompt_input.format(instruction=instruction, input=input)
         return self.prompt_no_input.format(instruction=instruction)
 
+    def segments(self, messages: list[dict]) -> list[tuple[str, str]]:
+        """A conversation as (prompt, answer) per exchange, the pieces `chat_template` renders:
+        bos + prompt + answer + eos for each exchange, one after another. The system text persists: every
+        later user turn is rendered with it as the instruction. `format` is the one-exchange case.
+
+        Expects a validated conversation (trainer.records): user and assistant turns alternating."""
+        system, prompt, out = "", None, []
+        for m in messages:
+            if m["role"] == "system":
+                system = m["content"]
+            elif m["role"] == "user":
+                if prompt is not None:
+                    raise ValueError("two user turns in a row: no answer between them")
+                if system:
+                    prompt = self.prompt_input.format(instruction=system, input=m["content"])
+                else:
+                    prompt = self.prompt_no_input.format(instruction=m["content"])
+            elif m["role"] == "assistant":
+                if prompt is None:
+                    raise ValueError("an assistant turn without a user turn before it")
+                out.append((prompt, m["content"]))
+                prompt = None
+        return out
+
     def chat_template(self, bos_token: str | None = None) -> str:
         """A Jinja chat template that renders exactly `format()`, preceded by `bos_token` if given.
 
@@ -164,6 +188,69 @@ def get_template(name: str) -> Template:
         return TEMPLATES[name]
     except KeyError:
         raise ValueError(f"Unknown template {name!r}. Choose one of: {', '.join(TEMPLATES)}.") from None
+
+
+# ------------------------------------------------------------------------------------------ conversations
+# What a conversation the templates render looks like, checked where it enters: training files
+# (trainer.records) and the page's ratings (trainer.preferences).
+
+ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}  # ShareGPT `from` -> OpenAI role
+
+
+def conversation_messages(turns: object, key: str = "messages", fmt: str = "messages") -> tuple[list[dict] | None, str | None]:
+    """The turns as OpenAI messages (role, content only), or the first malformed turn named by its index."""
+    if not isinstance(turns, list):
+        return None, f"field {key!r} is {type(turns).__name__}, not a list of turns"
+    if not turns:
+        return None, f"field {key!r} is empty: a conversation needs a user turn and the assistant's answer"
+    role_key, text_key = ("role", "content") if fmt == "messages" else ("from", "value")
+    names = ROLES if fmt == "messages" else tuple(SHAREGPT_ROLES)
+    messages = []
+    for i, turn in enumerate(turns):
+        at = f"{key}[{i}]"
+        if not isinstance(turn, dict):
+            return None, f"{at}: expected an object with {role_key!r} and {text_key!r}, got {type(turn).__name__}"
+        if role_key not in turn:
+            return None, f"{at}: missing {role_key!r}; give it one of {', '.join(names)}"
+        if turn[role_key] not in names:
+            return None, f"{at}: unknown {role_key} {turn[role_key]!r}; use one of {', '.join(names)}"
+        if text_key not in turn:
+            return None, f"{at}: missing {text_key!r}, the turn's text"
+        text = turn[text_key]
+        if not isinstance(text, str):
+            return None, f"{at}: {text_key!r} is {type(text).__name__}, not a string"
+        if not text.strip():
+            return None, f"{at}: empty {text_key!r}; write the turn's text or drop the turn"
+        role = turn[role_key] if fmt == "messages" else SHAREGPT_ROLES[turn[role_key]]
+        messages.append({"role": role, "content": text})
+    return messages, None
+
+
+def conversation_shape(messages: list[dict], key: str = "messages", ends_with: str = "assistant") -> str | None:
+    """Why the turns are not a conversation to learn from, naming the turn, or None: an optional system turn
+    first, then user and assistant alternating from a user turn, ending on `ends_with` ("user" for a
+    prompt still to be answered, as the page's ratings hold)."""
+    start = 1 if messages[0]["role"] == "system" else 0
+    for i, m in enumerate(messages[start:], start):
+        if m["role"] == "system":
+            return f"{key}[{i}]: a system turn must be the first turn; move it to the start or drop it"
+        expected = "user" if (i - start) % 2 == 0 else "assistant"
+        if m["role"] != expected:
+            if i == start:
+                return f"{key}[{i}]: the conversation starts with an assistant turn; start it with the user's turn"
+            return (f"{key}[{i}]: two {m['role']} turns in a row ({key}[{i - 1}] and {key}[{i}]); merge them or put "
+                    f"the {expected}'s turn between them")
+    if ends_with == "assistant" and not any(m["role"] == "assistant" for m in messages):
+        return "no assistant turn: nothing to learn; add the assistant's answer"
+    last = messages[-1]["role"]
+    if last != ends_with:
+        if ends_with == "assistant":
+            return (f"{key}[{len(messages) - 1}]: the conversation ends on a user turn, so its last question has "
+                    "nothing to learn; add the assistant's answer or drop that turn")
+        article = "an" if last == "assistant" else "a"
+        return f"{key}[{len(messages) - 1}]: the conversation ends on {article} {last} turn; it must end on the user's turn"
+    return None
 
 
 def bos_text(tokenizer) -> str | None:

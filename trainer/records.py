@@ -1,10 +1,16 @@
-"""Alpaca records: load, validate, split. Pure Python (no torch): data_gen imports this module.
+"""Training records: load, validate, split. Pure Python (no torch): data_gen imports this module.
 
     python -m trainer.records ../shared/data/GenMedGPT-5k-id.json     # validate a file, print counts
 
-A record is a JSON object with string fields `instruction`, `output` and (optionally, default "")
-`input`. Files are a JSON array or JSON Lines (GenMedGPT-5k-id.json is JSON Lines despite its
-name); a path that does not exist and looks like `owner/name` is read as a Hub dataset.
+A file holds records of one of three formats, detected from its first record:
+- alpaca:   {"instruction": "...", "input": "...", "output": "..."} (`input` optional, default "");
+- messages: {"messages": [{"role": "system" | "user" | "assistant", "content": "..."}, ...]} (OpenAI);
+- sharegpt: {"conversations": [{"from": "system" | "human" | "gpt", "value": "..."}, ...]}.
+A conversation is an optional system turn, then user and assistant turns alternating, ending on an
+assistant turn (trainer/prompts.py checks it). ShareGPT is read into OpenAI messages (prompts.SHAREGPT_ROLES),
+so a loaded record is either an Alpaca dict or {"messages": [...]}. Files are a JSON array or JSON Lines
+(GenMedGPT-5k-id.json is JSON Lines despite its name); a path that does not exist and looks like
+`owner/name` is read as a Hub dataset.
 """
 
 from __future__ import annotations
@@ -16,10 +22,18 @@ import re
 import sys
 from dataclasses import dataclass, field
 
+from trainer.prompts import SHAREGPT_ROLES, conversation_messages, conversation_shape
+
 logger = logging.getLogger(__name__)
 
 FIELDS = ("instruction", "input", "output")
 REQUIRED = ("instruction", "output")
+# The record formats, as messages name them to the user.
+FORMATS = {
+    "alpaca": "Alpaca records (instruction, input, output)",
+    "messages": "OpenAI chat messages (`messages` of role/content turns)",
+    "sharegpt": "ShareGPT conversations (`conversations` of from/value turns)",
+}
 MAX_LISTED_PROBLEMS = 20
 SPLIT_SEED = 42  # the original notebook's train_test_split seed
 VAL_SET_SIZE = 0.1  # the validation share training holds out by default
@@ -47,62 +61,144 @@ class Problem:
 @dataclass
 class LoadedData:
     source: str
-    records: list[dict]
+    records: list[dict]  # Alpaca dicts, or {"messages": [...]} conversations
     skipped: list[Problem] = field(default_factory=list)
+    format: str = "alpaca"  # a key of FORMATS: what the file held (ShareGPT is loaded as messages)
+    locations: list[str] = field(default_factory=list)  # where each record is in the file ("line 3")
+
+
+def is_conversation(record: dict) -> bool:
+    return "messages" in record
+
+
+def alpaca_messages(record: dict) -> list[dict]:
+    """An Alpaca record as the conversation it stands for (trainer/prompts.py maps the two the same way):
+    no input -> the instruction as the user's turn; with input -> the instruction as system, the input as user."""
+    if record["input"]:
+        prompt = [{"role": "system", "content": record["instruction"]}, {"role": "user", "content": record["input"]}]
+    else:
+        prompt = [{"role": "user", "content": record["instruction"]}]
+    return [*prompt, {"role": "assistant", "content": record["output"]}]
+
+
+def sharegpt_turns(messages: list[dict]) -> list[dict]:
+    """OpenAI messages as ShareGPT `conversations` turns (the inverse of loading)."""
+    to_from = {role: name for name, role in SHAREGPT_ROLES.items()}
+    return [{"from": to_from[m["role"]], "value": m["content"]} for m in messages]
 
 
 # ---------------------------------------------------------------------------------------------- load
 
 
-def load_records(path: str, skip_invalid: bool = False, transform=None) -> LoadedData:
-    """Read and validate Alpaca records; raise DataError naming every bad record unless skipping.
+def load_records(path: str, skip_invalid: bool = False, transform=None, conversations: bool = False) -> LoadedData:
+    """Read and validate the records of one format (detected); raise DataError naming every bad record
+    unless skipping. Conversations only when the caller handles them (`conversations=True`); otherwise a
+    conversation file stops with the command that converts it.
 
     `transform`, if given, maps each parsed object before validation (data_gen.convert uses it to
     turn ChatDoctor-style keys into Alpaca fields)."""
-    if not os.path.exists(path) and re.fullmatch(r"[\w.-]+/[\w.-]+", path):
-        raw = _read_hub(path)
-    else:
-        raw = _read_file(path)
+    raw = read_objects(path)
     if transform is not None:
         raw = [(where, obj if isinstance(obj, Problem) else transform(obj)) for where, obj in raw]
-    records, problems = [], []
-    for where, obj in raw:
-        if isinstance(obj, Problem):
-            problems.append(obj)
-            continue
-        record, reason = _validate(obj)
-        if reason:
-            problems.append(Problem(where, reason))
-        else:
-            records.append(record)
+    fmt = file_format(path, raw)
+    if fmt != "alpaca" and not conversations:
+        raise DataError(
+            f"{path} holds {FORMATS[fmt]}, but this command reads Alpaca records only. Convert single-exchange "
+            f"conversations with `python -m data_gen convert {path} --out alpaca.jsonl --to alpaca` (trainer.train "
+            "reads conversations as they are)."
+        )
+    validate = _validate if fmt == "alpaca" else lambda obj: _validate_conversation(obj, fmt)
+    records, locations, problems = validate_objects(raw, validate)
     if not records and not problems:
-        raise DataError(f"{path} holds no records: expected Alpaca records (instruction, input, output).")
+        raise DataError(f"{path} holds no records: expected Alpaca records (instruction, input, output) or conversations.")
     if problems and not records and _looks_foreign(raw):
         keys = sorted({k for _, obj in raw if isinstance(obj, dict) for k in obj})
         raise DataError(
             f"{path} is not Alpaca data: its records have the fields {', '.join(keys) or '(none)'}, "
-            "but each needs `instruction` and `output` (and optionally `input`)."
+            "but each needs `instruction` and `output` (and optionally `input`), or a conversation in `messages` "
+            "(OpenAI) or `conversations` (ShareGPT)."
         )
+    report_problems(path, problems, len(raw), skip_invalid)
+    return LoadedData(path, records, problems, fmt, locations)
+
+
+def validate_objects(raw: list[tuple[str, object]], validate) -> tuple[list[dict], list[str], list[Problem]]:
+    """(valid records, their locations, problems) of parsed objects; `validate(obj)` -> (record, reason)."""
+    records, locations, problems = [], [], []
+    for where, obj in raw:
+        if isinstance(obj, Problem):
+            problems.append(obj)
+            continue
+        record, reason = validate(obj)
+        if reason:
+            problems.append(Problem(where, reason))
+        else:
+            records.append(record)
+            locations.append(where)
+    return records, locations, problems
+
+
+def report_problems(path: str, problems: list[Problem], total: int, skip_invalid: bool) -> None:
+    """Raise DataError listing the problems (the first MAX_LISTED_PROBLEMS), or warn with their count when skipping."""
     if problems and not skip_invalid:
         listed = "\n".join(f"  {p}" for p in problems[:MAX_LISTED_PROBLEMS])
         more = len(problems) - MAX_LISTED_PROBLEMS
         raise DataError(
-            f"{path}: {len(problems)} invalid record(s) of {len(raw)}:\n{listed}"
+            f"{path}: {len(problems)} invalid record(s) of {total}:\n{listed}"
             + (f"\n  ... and {more} more" if more > 0 else "")
             + "\nFix them, or pass --skip_invalid to train on the valid records only."
         )
     if problems:
-        logger.warning("%s: skipped %d invalid record(s) of %d (--skip_invalid)", path, len(problems), len(raw))
-    return LoadedData(path, records, problems)
+        logger.warning("%s: skipped %d invalid record(s) of %d (--skip_invalid)", path, len(problems), total)
 
 
-def _read_file(path: str) -> list[tuple[str, object]]:
-    """(location, parsed object or Problem) per record of a JSON array or JSON Lines file."""
+def read_objects(path: str) -> list[tuple[str, object]]:
+    """(location, parsed object or Problem) per record of a file or Hub dataset, unvalidated."""
+    if not os.path.exists(path) and re.fullmatch(r"[\w.-]+/[\w.-]+", path):
+        return _read_hub(path)
+    return _read_file(path)
+
+
+def record_format(obj: object) -> str | None:
+    """The format a parsed record is written in, or None when it shows none."""
+    if isinstance(obj, dict):
+        if "messages" in obj:
+            return "messages"
+        if "conversations" in obj:
+            return "sharegpt"
+        if any(k in obj for k in FIELDS):
+            return "alpaca"
+    return None
+
+
+def file_format(path: str, raw: list[tuple[str, object]]) -> str:
+    """The format of the file's first record that shows one; a later record in another format stops the run
+    (a file holds one format, so a stray record is a mistake worth seeing, not one to skip)."""
+    first = None
+    for where, obj in raw:
+        fmt = record_format(obj)
+        if fmt is None:
+            continue
+        if first is None:
+            first = (where, fmt)
+        elif fmt != first[1]:
+            raise DataError(
+                f"{path} mixes formats: {where} is one of {FORMATS[fmt]}, but the file holds {FORMATS[first[1]]} "
+                f"(from its first record, {first[0]}). Keep one format per file: move the others to a file of "
+                "their own (several files train together with --extra_data_path) or convert them with "
+                "`python -m data_gen convert`."
+            )
+    return first[1] if first else "alpaca"
+
+
+def _read_file(path: str, is_record=None) -> list[tuple[str, object]]:
+    """(location, parsed object or Problem) per record of a JSON array or JSON Lines file. `is_record` tells
+    whether a file's one JSON object is a record (default: Alpaca or a conversation), not some wrapper."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        raise DataError(f"{path} does not exist. Pass --data_path a JSON or JSON Lines file of Alpaca records.") from None
+        raise DataError(f"{path} does not exist. Pass --data_path a JSON or JSON Lines file of records.") from None
     except OSError as e:
         raise DataError(f"Cannot read {path}: {e.strerror}.") from None
     text = _decode(path, data)
@@ -125,7 +221,7 @@ def _read_file(path: str) -> list[tuple[str, object]]:
     except json.JSONDecodeError:
         whole = None  # JSON Lines, checked line by line below
     if isinstance(whole, dict):
-        if not any(k in whole for k in FIELDS):
+        if not (is_record(whole) if is_record else record_format(whole) is not None):
             raise DataError(
                 f"{path} is not Alpaca data: it holds one JSON object with the fields "
                 f"{', '.join(sorted(whole)) or '(none)'}, not an array or JSON Lines of records."
@@ -182,10 +278,23 @@ def _validate(obj: object) -> tuple[dict | None, str | None]:
     return {k: obj.get(k, "") for k in FIELDS}, None
 
 
+def _validate_conversation(obj: object, fmt: str) -> tuple[dict | None, str | None]:
+    """A conversation record as {"messages": [...]} (ShareGPT mapped to OpenAI roles), or the first problem."""
+    if not isinstance(obj, dict):
+        return None, f"expected a JSON object, got {type(obj).__name__}"
+    key = "messages" if fmt == "messages" else "conversations"
+    if key not in obj:
+        return None, f"missing field {key!r} ({FORMATS[fmt]}, like the file's first record)"
+    messages, reason = conversation_messages(obj[key], key, fmt)
+    if reason is None:
+        reason = conversation_shape(messages, key)
+    return ({"messages": messages}, None) if reason is None else (None, reason)
+
+
 def _looks_foreign(raw: list[tuple[str, object]]) -> bool:
-    """True when no parsed record has any Alpaca field: the file is some other kind of data."""
+    """True when no parsed record shows any format's field: the file is some other kind of data."""
     objs = [obj for _, obj in raw if not isinstance(obj, Problem)]
-    return bool(objs) and not any(isinstance(o, dict) and any(k in o for k in FIELDS) for o in objs)
+    return bool(objs) and not any(record_format(o) for o in objs)
 
 
 # --------------------------------------------------------------------------------------------- split
@@ -213,7 +322,9 @@ def split_records(records: list[dict], val_set_size: float | int, seed: int = SP
 
 def near_dup_key(record: dict) -> str:
     """What near-duplicate filters compare: instruction and input, never the instruction alone (GenMedGPT's
-    instruction is the same for every record)."""
+    instruction is the same for every record); for a conversation, its system and user turns."""
+    if is_conversation(record):
+        return "\n".join(m["content"] for m in record["messages"] if m["role"] != "assistant")
     return record["instruction"] + "\n" + record["input"]
 
 
@@ -221,12 +332,13 @@ def with_empty_input_share(records: list[dict], share: float, seed: int = SPLIT_
     """Render `share` of the records that have an input in the demo's shape: the input (the patient's
     words) becomes the instruction and the input is empty, so the model learns to answer the
     empty-input Alpaca prompt the demo sends, not only GenMedGPT's fixed-instruction prompt.
-    Returns the records and how many were rewritten; the choice is deterministic (seed)."""
+    Returns the records and how many were rewritten; the choice is deterministic (seed). Conversation
+    records are left as written."""
     if not 0 <= share <= 1:
         raise DataError(f"--empty_input_share {share}: give a share between 0 and 1.")
     import random
 
-    with_input = [i for i, r in enumerate(records) if r["input"]]
+    with_input = [i for i, r in enumerate(records) if r.get("input")]
     chosen = set(random.Random(seed).sample(with_input, round(share * len(with_input))))
     out = [{**r, "instruction": r["input"], "input": ""} if i in chosen else r for i, r in enumerate(records)]
     return out, len(chosen)
@@ -235,18 +347,23 @@ def with_empty_input_share(records: list[dict], share: float, seed: int = SPLIT_
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(description="Validate an Alpaca dataset and print its counts.")
+    parser = argparse.ArgumentParser(description="Validate a dataset (Alpaca, messages or ShareGPT) and print its counts.")
     parser.add_argument("data_path")
     parser.add_argument("--skip_invalid", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        loaded = load_records(args.data_path, args.skip_invalid)
+        loaded = load_records(args.data_path, args.skip_invalid, conversations=True)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    with_input = sum(1 for r in loaded.records if r["input"])
-    print(f"{args.data_path}: {len(loaded.records)} valid records ({with_input} with input), {len(loaded.skipped)} skipped")
+    if loaded.format == "alpaca":
+        with_input = sum(1 for r in loaded.records if r["input"])
+        what = f"{len(loaded.records)} valid records ({with_input} with input)"
+    else:
+        turns = sum(len(r["messages"]) for r in loaded.records)
+        what = f"{len(loaded.records)} valid conversations ({loaded.format}, {turns} turns)"
+    print(f"{args.data_path}: {what}, {len(loaded.skipped)} skipped")
     return 0
 
 

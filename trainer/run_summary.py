@@ -93,6 +93,7 @@ class RunSummary:
     throughput: Throughput = field(default_factory=Throughput)
     device: str | None = None
     precision: str = "fp32"
+    preference: dict | None = None  # --method dpo/kto: beta, reference, rewards and loss at the first and last evaluation
     transformers_version: str | None = None
     torch_version: str | None = None
     schema_version: int = SCHEMA_VERSION

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning on Alpaca records (full or LoRA): one process, DDP, or FSDP.
+"""Supervised fine-tuning on Alpaca records or chat conversations (full or LoRA): one process, DDP, or FSDP.
 
     python -m trainer.train --model_name_or_path smollm2-135m \
         --data_path ../shared/data/GenMedGPT-5k-id.json --template alpaca-id \
@@ -39,6 +39,7 @@ from trainer import packing as packing_lib
 from trainer import records as record_lib
 from trainer.alpaca_flags import UsageError
 from trainer.models import DEFAULT_MODEL, ModelError, load_model, load_tokenizer
+from trainer.preferences import METHODS
 from trainer.prompts import DEFAULT_TEMPLATE, TEMPLATES, chat_template_for, get_template
 from trainer.run_summary import RecordCounts, RunSummary, Throughput
 
@@ -70,20 +71,25 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    data_path: str = field(default=None, metadata={"help": "Alpaca records: JSON array, JSON Lines, or a Hub dataset id."})
+    data_path: str = field(
+        default=None,
+        metadata={"help": "Alpaca records or chat conversations (OpenAI `messages` or ShareGPT `conversations`, one "
+                  "format per file): JSON array, JSON Lines, or a Hub dataset id."},
+    )
     val_set_size: float = field(default=record_lib.VAL_SET_SIZE, metadata={"help": "Validation share (<1) or count (>=1); 0 = none. Seed 42."})
     skip_invalid: bool = field(default=False, metadata={"help": "Skip invalid records (and report the count) instead of stopping."})
     empty_input_share: float = field(
         default=0.0,
         metadata={"help": "Share of training records with an input rendered as the demo asks: the input as the "
-                  "instruction, no input (0-1, seed 42). The validation records keep their shape."},
+                  "instruction, no input (0-1, seed 42). Alpaca records only: conversations keep their turns. "
+                  "The validation records keep their shape."},
     )
     max_train_samples: int = field(
         default=0, metadata={"help": "Train on the first N records of the training split (0 = all); for quick runs and benchmarks."}
     )
     extra_data_path: str | None = field(
         default=None,
-        metadata={"help": "Training-only Alpaca records added after the split, comma-separated files (e.g. the condition "
+        metadata={"help": "Training-only records (Alpaca or conversations) added after the split, comma-separated files (e.g. the condition "
                   "records of `python -m data_gen conditions`). Never validated on; their prompt shapes are kept as written."},
     )
     max_eval_samples: int = field(
@@ -91,11 +97,20 @@ class DataArguments:
         metadata={"help": "Evaluate during training on the first N validation records (0 = all): a pass over "
                   "GenMedGPT's 500 takes minutes per evaluation with smollm2-135m on 2 CPU cores."},
     )
+    train_on: str = field(
+        default="all",
+        metadata={"help": "Which assistant turns of a conversation are learned: all (each answer and its EOS) or last "
+                  "(the final answer only). User and system turns never are; an Alpaca record has one answer.",
+                  "choices": list(batch_lib.TRAIN_ON)},
+    )
 
 
 @dataclass
 class TrainingArguments(transformers.TrainingArguments):
-    model_max_length: int = field(default=512, metadata={"help": "Examples are truncated to this many tokens (prompt side first)."})
+    model_max_length: int = field(
+        default=512, metadata={"help": "Examples are truncated to this many tokens (a conversation's oldest exchanges "
+                               "first, then the prompt side)."}
+    )
     logging_steps: float = field(default=1, metadata={"help": "Log the training loss every N steps."})
     fsdp_mode: str | None = field(
         default=None, metadata={"help": "What `--fsdp` sets: e.g. \"full_shard auto_wrap\" (under torchrun)."}
@@ -117,6 +132,13 @@ class TrainingArguments(transformers.TrainingArguments):
         metadata={"help": "Compute the vocabulary projection only where a label is learned (the answer), not over the "
                   "prompt and padding. False = stanford_alpaca's full logits and the model's own loss (benchmarks)."},
     )
+    method: str = field(
+        default="sft",
+        metadata={"help": "sft (supervised, Alpaca records or conversations), or preference tuning on top of an SFT model "
+                  "or adapter with TRL: dpo (records with chosen/rejected) or kto (completion + boolean label); "
+                  "trainer/preference.py."},
+    )
+    beta: float = field(default=0.1, metadata={"help": "dpo/kto: how far the tuned model may move from the reference (higher = less)."})
     config: str | None = field(default=None, metadata={"help": "YAML file of flags; flags given on the command line win."})
     strategy: str = field(default="single", init=False, metadata={"help": "single, ddp or fsdp; chosen from the launch."})
 
@@ -149,13 +171,18 @@ def parse_args(argv: list[str]):
         raise UsageError(str(e)) from None
     problems = []
     if not data_args.data_path:
-        problems.append("--data_path is required (a JSON/JSON Lines file of Alpaca records).")
+        problems.append("--data_path is required (a JSON/JSON Lines file of Alpaca records or conversations).")
     if model_args.template not in TEMPLATES:
         problems.append(f"--template {model_args.template!r} is unknown; choose one of {', '.join(TEMPLATES)}.")
     if model_args.trust_remote_code and not model_args.model_revision:
         problems.append("--trust_remote_code needs --model_revision COMMIT so the remote code is pinned.")
     if model_args.lora_r < 0:
         problems.append("--lora_r must be >= 0 (0 = full fine-tune).")
+    if training_args.method not in ("sft", *METHODS):
+        problems.append(f"--method {training_args.method!r} is unknown; choose sft, {', '.join(METHODS)}.")
+    elif training_args.method != "sft" and (training_args.fsdp_mode or training_args.packing or model_args.init_adapter):
+        problems.append(f"--method {training_args.method} trains a LoRA adapter on one process, without --fsdp, --packing or "
+                        "--init_adapter: give the SFT model or adapter as --model_name_or_path.")
     try:
         training_args.strategy = choose_strategy(training_args)
     except fsdp_lib.FsdpError as e:
@@ -190,12 +217,12 @@ def choose_strategy(args: TrainingArguments) -> str:
 
 def load_datasets(data_args: DataArguments):
     """Validated records, split; returns (train records, eval records, record counts)."""
-    loaded = record_lib.load_records(data_args.data_path, data_args.skip_invalid)
+    loaded = record_lib.load_records(data_args.data_path, data_args.skip_invalid, conversations=True)
     train_records, val_records = record_lib.split_records(loaded.records, data_args.val_set_size)
     counts = RecordCounts(valid=len(loaded.records), skipped_invalid=len(loaded.skipped), train=len(train_records),
                           val=len(val_records), val_set_size=data_args.val_set_size)
-    logger.info("data: %d valid records from %s (%d invalid skipped) -> %d train / %d validation",
-                counts.valid, data_args.data_path, counts.skipped_invalid, counts.train, counts.val)
+    logger.info("data: %d valid records (%s) from %s (%d invalid skipped) -> %d train / %d validation",
+                counts.valid, loaded.format, data_args.data_path, counts.skipped_invalid, counts.train, counts.val)
     if 0 < data_args.max_eval_samples < len(val_records):
         logger.info("evaluating during training on the first %d of %d validation records (--max_eval_samples, 0 = all)",
                     data_args.max_eval_samples, len(val_records))
@@ -211,7 +238,7 @@ def load_datasets(data_args: DataArguments):
                     counts.train_empty_input, len(train_records), data_args.empty_input_share)
     if data_args.extra_data_path:
         for path in data_args.extra_data_path.split(","):
-            extra = record_lib.load_records(path, data_args.skip_invalid)
+            extra = record_lib.load_records(path, data_args.skip_invalid, conversations=True)
             train_records = train_records + extra.records
             counts.train_extra += len(extra.records)
             counts.skipped_invalid += len(extra.skipped)
@@ -220,12 +247,13 @@ def load_datasets(data_args: DataArguments):
     return train_records, val_records, counts
 
 
-def build_datasets(train_records, val_records, tokenizer, model_args, training_args):
-    """Tokenized examples and their stats per split."""
+def build_datasets(train_records, val_records, tokenizer, model_args, training_args, train_on: str = "all"):
+    """Tokenized examples and their stats per split (`train_on`: a conversation's assistant turns learned, all or last)."""
     template = get_template(model_args.template)
     examples, stats = {}, {}
     for split, records in (("train", train_records), ("val", val_records)):
-        examples[split], stats[split] = batch_lib.tokenize_records(records, tokenizer, template, training_args.model_max_length)
+        examples[split], stats[split] = batch_lib.tokenize_records(records, tokenizer, template, training_args.model_max_length,
+                                                                   train_on)
         logger.info("%s: %d examples, %d learned tokens (%d truncated, %d dropped)", split,
                     stats[split].examples, stats[split].learned_tokens, stats[split].truncated, stats[split].dropped)
     if not examples["train"]:
@@ -523,6 +551,61 @@ def plot_losses(train_losses, eval_losses, path, title=""):
     plt.close(fig)
 
 
+def train_preferences(model_args, data_args, training_args) -> RunSummary:
+    """--method dpo|kto: a new LoRA adapter on the SFT model or adapter, with TRL's trainer (trainer/preference.py)."""
+    from peft import get_peft_model_state_dict
+
+    from trainer import preference
+
+    method = training_args.method
+    train_records, val_records, counts = preference.load_preference_datasets(data_args, method)
+    resolve_resume(training_args)
+    transformers.set_seed(training_args.seed)
+    model, tokenizer, sft_adapter = preference.load_policy(model_args, training_args)
+    peft_config = preference.lora_config(model_args, sft_adapter)
+    trainer = preference.make_trainer(method, model, tokenizer, preference.trl_config(training_args, method),
+                                      preference.trl_rows(train_records, tokenizer, method),
+                                      preference.trl_rows(val_records, tokenizer, method), peft_config, [LogLine()])
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(QuietProgress)
+    trainer.args.eval_on_start = bool(val_records) and not training_args.resume_from_checkpoint
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    last_eval = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
+    if val_records and (last_eval is None or last_eval["step"] != trainer.state.global_step):
+        trainer.evaluate()
+    wall = time.perf_counter() - start
+    out = training_args.output_dir
+    if sft_adapter:  # one adapter on the original base: the SFT adapter and the new one stacked (exact)
+        preference.stack_adapters(sft_adapter, get_peft_model_state_dict(trainer.model), peft_config, out)
+    else:
+        trainer.save_model(out)
+    tokenizer.save_pretrained(out)
+    history = trainer.state.log_history
+    train_losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    eval_losses = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    evals = [h for h in history if "eval_loss" in h]
+    pick = lambda h: {k.removeprefix("eval_"): round(v, 4) for k, v in h.items() if "rewards/" in k or k == "eval_loss"}  # noqa: E731
+    summary = RunSummary(
+        model=model_args.model_name_or_path, template=model_args.template,
+        method=f"{method} (beta={training_args.beta}), lora (r={peft_config.r}, alpha={peft_config.lora_alpha})"
+        + (" stacked on the SFT adapter" if sft_adapter else ""),
+        data_path=data_args.data_path, records=counts, total_params=sum(p.numel() for p in trainer.model.parameters()),
+        global_step=trainer.state.global_step, epochs=trainer.state.epoch,
+        train_loss_first=train_losses[0][1] if train_losses else None, train_loss_final=train_losses[-1][1] if train_losses else None,
+        eval_loss_initial=eval_losses[0][1] if eval_losses else None, eval_loss_final=eval_losses[-1][1] if eval_losses else None,
+        wall_time_s=round(wall, 2), device=str(training_args.device),
+        precision="bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
+        preference={"method": method, "beta": training_args.beta, "reference": "the same weights with the new adapter off",
+                    "initial": pick(evals[0]) if evals else None, "final": pick(evals[-1]) if evals else None},
+        transformers_version=transformers.__version__, torch_version=torch.__version__,
+    )
+    summary.write(out)
+    plot_losses(train_losses, eval_losses, os.path.join(out, "loss.png"),
+                title=f"{method} on {model_args.model_name_or_path} with {os.path.basename(data_args.data_path)}")
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     argv = sys.argv[1:] if argv is None else argv
@@ -533,6 +616,11 @@ def main(argv: list[str] | None = None) -> int:
         if process_rank(training_args) != 0:
             logging.getLogger().setLevel(logging.WARNING)  # log on rank 0 only
         logger.info("config: %s", json.dumps({**asdict(model_args), **asdict(data_args)}))
+        if training_args.method in METHODS:
+            summary = train_preferences(model_args, data_args, training_args)
+            logger.info("done in %.0f s: eval loss %s -> %s; saved to %s", summary.wall_time_s, summary.eval_loss_initial,
+                        summary.eval_loss_final, training_args.output_dir)
+            return 0
         # Data first: a broken dataset stops before any model is loaded or file written.
         train_records, val_records, counts = load_datasets(data_args)
         resolve_resume(training_args)
@@ -540,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
         model, tokenizer = load_model_and_tokenizer(model_args, training_args)
         if training_args.packing:
             use_packing(model)
-        examples, stats = build_datasets(train_records, val_records, tokenizer, model_args, training_args)
+        examples, stats = build_datasets(train_records, val_records, tokenizer, model_args, training_args, data_args.train_on)
         if training_args.strategy == "fsdp":
             result, trainer = fsdp_lib.train(model, tokenizer, examples["train"], examples["val"], training_args, log_step), None
         else:

@@ -201,3 +201,111 @@ def test_module_entry_points(tmp_path):
         assert result.returncode == 0, result.stderr
         assert "wrote 48 of 48" in result.stdout
         assert len(json.loads(out.read_text(encoding="utf-8"))) == 48
+
+
+# ------------------------------------------------------------------------------------- chat formats, ratings
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_alpaca_round_trips_through_messages_and_sharegpt(tmp_path, capsys):
+    records = [rec("Saya demam sejak kemarin."), rec("", instruction="Apa gejala flu?")]
+    src = write_jsonl(tmp_path / "a.jsonl", records)
+    chat, share, back = tmp_path / "chat.jsonl", tmp_path / "share.json", tmp_path / "back.jsonl"
+    assert convert.main([str(src), "--out", str(chat), "--to", "messages"]) == 0
+    assert read_jsonl(chat) == [
+        {"messages": [{"role": "system", "content": INSTR}, {"role": "user", "content": "Saya demam sejak kemarin."},
+                      {"role": "assistant", "content": records[0]["output"]}]},
+        {"messages": [{"role": "user", "content": "Apa gejala flu?"}, {"role": "assistant", "content": records[1]["output"]}]},
+    ]
+    assert "converted 2 record(s): alpaca -> messages" in capsys.readouterr().out
+    assert convert.main([str(chat), "--out", str(share), "--to", "sharegpt"]) == 0
+    written = json.loads(share.read_text(encoding="utf-8"))
+    assert [t["from"] for t in written[0]["conversations"]] == ["system", "human", "gpt"]
+    assert [t["value"] for t in written[1]["conversations"]] == ["Apa gejala flu?", records[1]["output"]]
+    assert convert.main([str(share), "--out", str(tmp_path / "same.json")]) == 0  # no --to: ShareGPT stays ShareGPT
+    assert json.loads((tmp_path / "same.json").read_text(encoding="utf-8")) == written
+    assert convert.main([str(share), "--out", str(back), "--to", "alpaca"]) == 0
+    assert read_jsonl(back) == records
+    assert "converted 2 record(s): messages -> alpaca" in capsys.readouterr().out
+
+
+def test_multi_turn_conversations_cannot_become_alpaca_unless_skipped(tmp_path, capsys):
+    turns = [{"role": "user", "content": "Saya batuk."}, {"role": "assistant", "content": "Minum air hangat."},
+             {"role": "user", "content": "Sudah seminggu."}, {"role": "assistant", "content": "Periksa ke dokter."}]
+    src = write_jsonl(tmp_path / "chat.jsonl", [{"messages": turns[:2]}, {"messages": turns}])
+    out = tmp_path / "alpaca.jsonl"
+    assert convert.main([str(src), "--out", str(out), "--to", "alpaca"]) == 2
+    err = capsys.readouterr().err
+    assert "1 conversation(s) hold more than one exchange" in err and f"{src} line 2: 2 exchanges" in err
+    assert "--skip_invalid" in err and not out.exists()
+    assert convert.main([str(src), "--out", str(out), "--to", "alpaca", "--skip_invalid"]) == 0
+    assert read_jsonl(out) == [{"instruction": "Saya batuk.", "input": "", "output": "Minum air hangat."}]
+    log = capsys.readouterr().out
+    assert "left out 1 record(s): conversation of more than one exchange" in log
+    assert "wrote 1 of 2 record(s) (0 skipped, 0 removed, 1 left out)" in log
+
+
+def test_merging_formats_needs_to_and_dedups_conversations(tmp_path, capsys):
+    alpaca = write_jsonl(tmp_path / "a.jsonl", [rec("Saya demam.")])
+    chat = write_jsonl(tmp_path / "c.jsonl", [{"messages": [{"role": "system", "content": INSTR},
+                                                           {"role": "user", "content": "Saya  demam."},
+                                                           {"role": "assistant", "content": "Sebaiknya Anda periksa ke dokter."}]}])
+    out = tmp_path / "m.jsonl"
+    assert convert.main([str(alpaca), str(chat), "--out", str(out)]) == 2
+    assert "hold different formats" in capsys.readouterr().err
+    assert convert.main([str(alpaca), str(chat), "--out", str(out), "--to", "messages"]) == 0
+    assert len(read_jsonl(out)) == 1
+    assert "removed 1 record(s): exact duplicate (the same turns; whitespace-normalized)" in capsys.readouterr().out
+
+
+def rating(answer, verdict, correction=None, **extra):
+    return {"id": "r", "time": "2026-12-05T13:40:00Z", "model": "alpaca-medis-270m", "revision": "abc",
+            "messages": [{"role": "user", "content": "Apa obat flu?"}], "answer": answer, "rating": verdict,
+            "correction": correction, "settings": {"max_new_tokens": 200}, **extra}
+
+
+def test_ratings_become_kto_and_dpo_records(tmp_path, capsys):
+    prompt = [{"role": "user", "content": "Apa obat flu?"}]
+    src = write_jsonl(tmp_path / "feedback.jsonl", [
+        rating("Istirahat dan minum air.", "like"),
+        rating("Minum antibiotik.", "dislike", "Flu karena virus: istirahat, antibiotik tidak menolong."),
+        rating("Tidak tahu.", "dislike"),
+    ])
+    kto, dpo = tmp_path / "kto.jsonl", tmp_path / "dpo.jsonl"
+    assert convert.main([str(src), "--out", str(kto), "--to", "kto"]) == 0
+    assert read_jsonl(kto) == [
+        {"messages": prompt, "completion": "Istirahat dan minum air.", "label": True},
+        {"messages": prompt, "completion": "Minum antibiotik.", "label": False},
+        {"messages": prompt, "completion": "Flu karena virus: istirahat, antibiotik tidak menolong.", "label": True},
+        {"messages": prompt, "completion": "Tidak tahu.", "label": False},
+    ]
+    assert "wrote 4 kto record(s) from 3 rating(s)" in capsys.readouterr().out
+    assert convert.main([str(src), "--out", str(dpo), "--to", "dpo"]) == 0
+    assert read_jsonl(dpo) == [{"messages": prompt, "chosen": "Flu karena virus: istirahat, antibiotik tidak menolong.",
+                                "rejected": "Minum antibiotik."}]
+    log = capsys.readouterr().out
+    assert "left out 1 record(s): a like: no rejected/chosen pair for dpo" in log
+    assert "left out 1 record(s): a dislike without a correction: no rejected/chosen pair for dpo" in log
+    assert "wrote 1 dpo record(s) from 3 rating(s) (0 skipped, 0 removed, 2 left out)" in log
+
+
+def test_bad_ratings_are_named(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "feedback.jsonl", [
+        rating("Baik.", "like"),
+        rating("Baik.", "meh"),
+        {k: v for k, v in rating("Baik.", "like").items() if k != "answer"},
+        rating("Baik.", "like", messages=[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]),
+        rating("Baik.", "dislike", correction=3),
+    ])
+    assert convert.main([str(src), "--out", str(tmp_path / "kto.jsonl"), "--to", "kto"]) == 2
+    err = capsys.readouterr().err
+    assert f"{src}: 4 invalid record(s) of 5" in err
+    assert "line 2: rating 'meh' is unknown; use one of like, dislike" in err
+    assert "line 3: missing field 'answer'" in err
+    assert "line 4: messages[1]: the conversation ends on an assistant turn; it must end on the user's turn" in err
+    assert "line 5: field 'correction' is int, not a string" in err
+    assert convert.main([str(src), "--out", str(tmp_path / "kto.jsonl"), "--to", "kto", "--skip_invalid"]) == 0
+    assert "wrote 1 kto record(s) from 5 rating(s) (4 skipped" in capsys.readouterr().out

@@ -30,6 +30,7 @@ def test_records_and_prompts_import_nothing_heavy():
     heavy = {"torch", "transformers", "peft", "accelerate"}
     assert not heavy & external_imports("trainer.records")
     assert not heavy & external_imports("trainer.prompts")
+    assert not heavy & external_imports("trainer.preferences")
     code = ("import sys, trainer.records, trainer.prompts, trainer.run_summary, trainer.models; "
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     assert fresh_import(code) == "[]"
@@ -37,7 +38,8 @@ def test_records_and_prompts_import_nothing_heavy():
 
 def test_data_gen_reaches_trainer_only_through_records():
     reached = reachable(*DATA_GEN)
-    assert {m for m in reached if m.startswith("trainer.")} == {"trainer.records"}
+    # records, the templates they render through, and the preference formats: all pure Python
+    assert {m for m in reached if m.startswith("trainer.")} == {"trainer.records", "trainer.prompts", "trainer.preferences"}
 
 
 @pytest.mark.parametrize("root", SERVING)
@@ -49,7 +51,7 @@ def test_serving_reaches_no_training_module(root):
 
 def test_serving_in_a_fresh_interpreter_loads_no_training_module():
     code = ("import sys, app; print(sorted(m for m in sys.modules if m.startswith('trainer.') and "
-            "not m.startswith(('trainer.serve', 'trainer.models', 'trainer.prompts', 'trainer.hw'))))")
+            "not m.startswith(('trainer.serve', 'trainer.models', 'trainer.prompts', 'trainer.hw', 'trainer.preferences'))))")
     assert fresh_import(code) == "[]"
 
 

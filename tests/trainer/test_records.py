@@ -155,3 +155,96 @@ def test_a_share_of_records_takes_the_demos_empty_input_shape():
     assert sum(not r["input"] for r in with_empty_input_share(records, 1.0)[0]) == len(records)
     with pytest.raises(DataError, match="--empty_input_share 1.5"):
         with_empty_input_share(records, 1.5)
+
+
+# --------------------------------------------------------------------------------------------- conversations
+
+SYSTEM = {"role": "system", "content": "Jika Anda seorang dokter, jawablah."}
+USER, USER2 = {"role": "user", "content": "Saya demam."}, {"role": "user", "content": "Kalau naik?"}
+ANSWER, ANSWER2 = {"role": "assistant", "content": "Minum air."}, {"role": "assistant", "content": "Ke dokter."}
+CHAT = [SYSTEM, USER, ANSWER, USER2, ANSWER2]
+SHAREGPT_FROM = {"system": "system", "user": "human", "assistant": "gpt"}
+
+
+def sharegpt(messages):
+    return {"conversations": [{"from": SHAREGPT_FROM[m["role"]], "value": m["content"]} for m in messages]}
+
+
+def test_both_chat_formats_load_as_openai_messages(tmp_path):
+    messages = write_lines(tmp_path / "m.jsonl", [json.dumps({"messages": CHAT}), json.dumps({"messages": [USER, ANSWER]})])
+    loaded = load_records(messages, conversations=True)
+    assert loaded.format == "messages" and loaded.records == [{"messages": CHAT}, {"messages": [USER, ANSWER]}]
+    assert loaded.locations == ["line 1", "line 2"]
+    array = tmp_path / "s.json"
+    array.write_text(json.dumps([sharegpt(CHAT), {**sharegpt([USER, ANSWER]), "id": "x"}]), encoding="utf-8")
+    loaded = load_records(str(array), conversations=True)
+    assert loaded.format == "sharegpt" and loaded.records == [{"messages": CHAT}, {"messages": [USER, ANSWER]}]
+    # A command that reads Alpaca records only says so, with the conversion that helps.
+    with pytest.raises(DataError, match=r"holds ShareGPT conversations .* reads Alpaca records only\. .*--to alpaca"):
+        load_records(str(array))
+
+
+@pytest.mark.parametrize(
+    "messages, reason",
+    [
+        ([{"content": "hai"}, ANSWER], "messages[0]: missing 'role'; give it one of system, user, assistant"),
+        ([{"role": "doctor", "content": "hai"}, ANSWER], "messages[0]: unknown role 'doctor'; use one of system, user, assistant"),
+        ([USER, {"role": "assistant"}], "messages[1]: missing 'content'"),
+        ([USER, {"role": "assistant", "content": "  "}], "messages[1]: empty 'content'"),
+        ([USER, {"role": "assistant", "content": 5}], "messages[1]: 'content' is int, not a string"),
+        ([USER, "hai"], "messages[1]: expected an object with 'role' and 'content', got str"),
+        ([SYSTEM, USER, ANSWER, USER2], "messages[3]: the conversation ends on a user turn"),
+        ([SYSTEM, USER], "no assistant turn: nothing to learn"),
+        ([USER, SYSTEM, ANSWER], "messages[1]: a system turn must be the first turn"),
+        ([SYSTEM, USER, USER2, ANSWER], "messages[2]: two user turns in a row (messages[1] and messages[2])"),
+        ([USER, ANSWER, ANSWER2], "messages[2]: two assistant turns in a row (messages[1] and messages[2])"),
+        ([SYSTEM, ANSWER], "messages[1]: the conversation starts with an assistant turn"),
+        ([], "field 'messages' is empty"),
+        ("hai", "field 'messages' is str, not a list of turns"),
+    ],
+)
+def test_each_bad_conversation_names_the_record_and_the_turn(tmp_path, messages, reason):
+    path = write_lines(tmp_path / "bad.jsonl", [json.dumps({"messages": CHAT}), json.dumps({"messages": messages}),
+                                                json.dumps({"messages": CHAT})])
+    with pytest.raises(DataError) as err:
+        load_records(path, conversations=True)
+    assert f"line 2: {reason}" in str(err.value) and "1 invalid record(s) of 3" in str(err.value)
+    loaded = load_records(path, skip_invalid=True, conversations=True)
+    assert len(loaded.records) == 2 and [p.where for p in loaded.skipped] == ["line 2"]
+
+
+def test_sharegpt_errors_name_from_and_value(tmp_path):
+    bad = [{"from": "bot", "value": "hai"}], [{"from": "human"}], [{"value": "hai"}]
+    path = write_lines(tmp_path / "bad.jsonl", [json.dumps(sharegpt(CHAT))] + [json.dumps({"conversations": b}) for b in bad])
+    with pytest.raises(DataError) as err:
+        load_records(path, conversations=True)
+    message = str(err.value)
+    assert "3 invalid record(s) of 4" in message
+    assert "line 2: conversations[0]: unknown from 'bot'; use one of system, human, gpt" in message
+    assert "line 3: conversations[0]: missing 'value'" in message
+    assert "line 4: conversations[0]: missing 'from'" in message
+
+
+def test_a_file_that_mixes_formats_is_refused_naming_the_record(tmp_path):
+    path = write_lines(tmp_path / "mixed.jsonl", [json.dumps({"messages": CHAT}), json.dumps(GOOD), json.dumps(sharegpt(CHAT))])
+    with pytest.raises(DataError) as err:
+        load_records(path, skip_invalid=True, conversations=True)  # not skippable: the file is wrong, not a record
+    message = str(err.value)
+    assert "mixes formats: line 2 is one of Alpaca records" in message
+    assert "the file holds OpenAI chat messages" in message and "(from its first record, line 1)" in message
+
+
+def test_conversation_records_split_and_keep_their_turns_under_empty_input_share():
+    from trainer.records import with_empty_input_share
+
+    records = [{"messages": CHAT}] * 3 + sample_records()[:7]
+    out, n = with_empty_input_share(records, 1.0)
+    assert out[:3] == records[:3] and n == sum(bool(r["input"]) for r in records[3:])
+    train, val = split_records(records, 0.2)
+    assert len(train) == 8 and len(val) == 2 and sum("messages" in r for r in train + val) == 3
+
+
+def test_cli_counts_conversations(tmp_path):
+    path = write_lines(tmp_path / "c.jsonl", [json.dumps(sharegpt(CHAT)), json.dumps(sharegpt([USER, ANSWER]))])
+    ok = run_module("trainer.records", path)
+    assert ok.returncode == 0 and f"{path}: 2 valid conversations (sharegpt, 7 turns), 0 skipped" in ok.stdout

@@ -209,3 +209,31 @@ def test_second_stage_continues_an_adapter_on_training_only_records(tiny_llama, 
     result = run_module("trainer.train", "--model_name_or_path", tiny_llama, "--data_path", SAMPLE, "--output_dir",
                         tmp_path / "x", "--init_adapter", tmp_path)
     assert result.returncode == 2 and "no adapter_config.json" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow  # ~10 s: a training subprocess of the 2-layer model
+def test_trains_on_conversations_learning_the_last_answer(tiny_llama, tmp_path):
+    """ShareGPT conversations of two exchanges each train end to end; --train_on last learns only the final answers."""
+    from trainer.batches import tokenize_records
+    from trainer.records import alpaca_messages, load_records, sharegpt_turns, split_records
+
+    records = sample_records()[:24]
+    chats = [{"messages": alpaca_messages(a) + alpaca_messages(b)[-2:]} for a, b in zip(records[::2], records[1::2])]
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps({"conversations": sharegpt_turns(c["messages"])}, ensure_ascii=False) + "\n"
+                            for c in chats), encoding="utf-8")
+    out = tmp_path / "out"
+    result = run_module("trainer.train", "--model_name_or_path", tiny_llama, "--data_path", data, "--output_dir", out,
+                        "--train_on", "last", "--val_set_size", "2", "--max_steps", "3", "--per_device_train_batch_size", "2",
+                        "--learning_rate", "3e-3", "--save_strategy", "no", "--model_max_length", "1024")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["records"]["valid"] == 12 and summary["records"]["train"] == 10 and summary["records"]["val"] == 2
+    assert "12 valid records (sharegpt)" in result.stderr
+    train, _ = split_records(load_records(str(data), conversations=True).records, 2)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    expected, _ = tokenize_records(train, tokenizer, get_template("alpaca-id"), 1024, "last")
+    last_answers = sum(len(tokenizer(c["messages"][-1]["content"], add_special_tokens=False)["input_ids"]) + 1 for c in train)
+    assert summary["examples"]["train"]["learned_tokens"] == sum(
+        sum(label != -100 for label in e["labels"]) for e in expected) == last_answers
+    assert summary["eval_loss_final"] < summary["eval_loss_initial"]
