@@ -139,6 +139,10 @@ class TrainingArguments(transformers.TrainingArguments):
                   "trainer/preference.py."},
     )
     beta: float = field(default=0.1, metadata={"help": "dpo/kto: how far the tuned model may move from the reference (higher = less)."})
+    sft_weight: float = field(
+        default=0.0, metadata={"help": "dpo: weight of a supervised loss on the chosen answers added to DPO's (RPO), which "
+                               "keeps their likelihood from falling with the rejected ones'; 0 = plain DPO."},
+    )
     config: str | None = field(default=None, metadata={"help": "YAML file of flags; flags given on the command line win."})
     strategy: str = field(default="single", init=False, metadata={"help": "single, ddp or fsdp; chosen from the launch."})
 
@@ -180,6 +184,8 @@ def parse_args(argv: list[str]):
         problems.append("--lora_r must be >= 0 (0 = full fine-tune).")
     if training_args.method not in ("sft", *METHODS):
         problems.append(f"--method {training_args.method!r} is unknown; choose sft, {', '.join(METHODS)}.")
+    elif training_args.sft_weight and training_args.method != "dpo":
+        problems.append("--sft_weight is for --method dpo (an SFT loss beside DPO's).")
     elif training_args.method != "sft" and (training_args.fsdp_mode or training_args.packing or model_args.init_adapter):
         problems.append(f"--method {training_args.method} trains a LoRA adapter on one process, without --fsdp, --packing or "
                         "--init_adapter: give the SFT model or adapter as --model_name_or_path.")
@@ -588,7 +594,8 @@ def train_preferences(model_args, data_args, training_args) -> RunSummary:
     pick = lambda h: {k.removeprefix("eval_"): round(v, 4) for k, v in h.items() if "rewards/" in k or k == "eval_loss"}  # noqa: E731
     summary = RunSummary(
         model=model_args.model_name_or_path, template=model_args.template,
-        method=f"{method} (beta={training_args.beta}), lora (r={peft_config.r}, alpha={peft_config.lora_alpha})"
+        method=f"{method} (beta={training_args.beta}" + (f", sft_weight={training_args.sft_weight}" if training_args.sft_weight else "")
+        + f"), lora (r={peft_config.r}, alpha={peft_config.lora_alpha})"
         + (" stacked on the SFT adapter" if sft_adapter else ""),
         data_path=data_args.data_path, records=counts, total_params=sum(p.numel() for p in trainer.model.parameters()),
         global_step=trainer.state.global_step, epochs=trainer.state.epoch,
@@ -596,7 +603,8 @@ def train_preferences(model_args, data_args, training_args) -> RunSummary:
         eval_loss_initial=eval_losses[0][1] if eval_losses else None, eval_loss_final=eval_losses[-1][1] if eval_losses else None,
         wall_time_s=round(wall, 2), device=str(training_args.device),
         precision="bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
-        preference={"method": method, "beta": training_args.beta, "reference": "the same weights with the new adapter off",
+        preference={"method": method, "beta": training_args.beta, "sft_weight": training_args.sft_weight,
+                    "reference": "the same weights with the new adapter off",
                     "initial": pick(evals[0]) if evals else None, "final": pick(evals[-1]) if evals else None},
         transformers_version=transformers.__version__, torch_version=torch.__version__,
     )

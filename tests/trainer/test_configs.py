@@ -14,7 +14,9 @@ from trainer.train import parse_args
 CONFIGS = sorted((ROOT / "trainer" / "configs").glob("*.yaml"))
 PROJECT_PRESET = ROOT / "trainer" / "configs" / "alpaca-medis-270m.yaml"
 STAGE2_PRESET = ROOT / "trainer" / "configs" / "alpaca-medis-270m-v2.yaml"
-PRESETS = [p for p in CONFIGS if p.name not in ("accelerate_fsdp.yaml", PROJECT_PRESET.name, STAGE2_PRESET.name)]  # the seed's recipe
+DPO_PRESET = ROOT / "trainer" / "configs" / "alpaca-medis-270m-dpo.yaml"
+PROJECT = ("accelerate_fsdp.yaml", PROJECT_PRESET.name, STAGE2_PRESET.name, DPO_PRESET.name)
+PRESETS = [p for p in CONFIGS if p.name not in PROJECT]  # the seed's recipe
 LAYER = {"llama-2-7b": "LlamaDecoderLayer", "polylm-1.7b": "GPT2Block", "internlm-7b": "InternLMDecoderLayer", "smollm2-135m": "LlamaDecoderLayer"}
 
 
@@ -49,6 +51,17 @@ def test_the_second_stage_preset_continues_stage_one_on_the_condition_records(tm
     assert model_args.model_name_or_path == "gemma3-270m" and model_args.template == "alpaca-id"
     assert data_args.max_train_samples > 0 and data_args.empty_input_share == 0.5 and data_args.val_set_size == 0.1
     assert args.packing and args.save_strategy == "steps" and args.save_steps > 0  # resumable
+
+
+def test_the_preference_preset_tunes_the_shipped_adapter_with_dpo(tmp_path, monkeypatch):
+    """Stage 3: DPO (with an SFT term) as a new adapter on the shipped SFT adapter, resumable."""
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    header = " ".join(line for line in DPO_PRESET.read_text().splitlines() if line.startswith("#"))
+    assert "trainer.preference_set" in header and f"--config trainer/configs/{DPO_PRESET.name}" in header
+    model_args, data_args, args = parse_args(["--config", str(DPO_PRESET), "--data_path", str(SAMPLE), "--output_dir", str(tmp_path)])
+    assert args.method == "dpo" and args.beta == 0.1 and args.sft_weight == 1.0 and not args.packing
+    assert model_args.model_name_or_path == "models/alpaca-medis-270m" and model_args.template == "alpaca-id"
+    assert model_args.lora_r == 16 and data_args.val_set_size == 0.1 and args.save_strategy == "steps" and args.save_steps > 0
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
