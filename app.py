@@ -25,11 +25,11 @@ from pathlib import Path
 import gradio as gr
 import yaml
 
+from trainer.defaults import DISCLAIMER, GENERATION, MAX_INPUT_CHARS, QUANTIZE_CHOICES
 from trainer.models import EMBEDDED, PROJECT_MODEL, ModelError
 from trainer.prompts import TEMPLATES
 from trainer.serve import zerogpu
-from trainer.serve.batching import BatchedChat
-from trainer.serve.defaults import DISCLAIMER, GENERATION, QUANTIZE_CHOICES
+from trainer.serve.batching import MAX_BATCH, MAX_WAITING, BatchedChat
 from trainer.serve.feedback import (
     MAX_CORRECTION_CHARS,
     SETTINGS,
@@ -45,12 +45,13 @@ from trainer.serve.redflags import with_notice
 
 HERE = Path(__file__).parent
 SAMPLE = HERE / "data" / "sample.jsonl"
-logger = logging.getLogger("alpaca-medis")
+logger = logging.getLogger(__name__)
 DEFAULTS = {"model": PROJECT_MODEL, "template": None, **GENERATION, "trust_remote_code": False, "revision": None,
             "quantize": "auto"}
-# Requests waiting in the page's queue, questions and ratings alike (Gradio has one size for all): 32 questions, and
-# room for a burst of ratings, which pass through the queue too (50 at once from one client reach ~35 waiting).
-QUEUE_SIZE = 64
+# Requests waiting in the page's queue, questions and ratings alike (Gradio has one size for all): MAX_WAITING
+# questions, and as much room again for a burst of ratings, which pass through the queue too (50 at once from one
+# client reach ~35 waiting).
+QUEUE_SIZE = 2 * MAX_WAITING
 RATINGS_NOTE = ("*👍/👎 disimpan untuk memperbaiki model: percakapan sampai jawaban itu, jawabannya, penilaian, koreksi, "
                 "pengaturan, nama model dan waktu; tanpa alamat IP, cookie atau sesi. (Ratings are stored to improve "
                 "the model: the conversation up to the answer, the answer, the rating, the correction, the settings, "
@@ -108,13 +109,15 @@ def build_demo(chat: ChatModel, config: dict = DEFAULTS, ratings: Ratings | None
         conversation: put everything that matters into the question.
 
         Args:
-            message: the question, in Indonesian (up to 4000 characters), e.g. "Anak saya demam 3 hari, kapan harus ke dokter?"
+            message: the question, in Indonesian (up to MAX_INPUT_CHARS characters), e.g. "Anak saya demam 3 hari, kapan harus ke dokter?"
             max_new_tokens: the longest answer, in tokens (about 3/4 of a word each)
             temperature: 0 answers greedily (the same answer every time); higher samples more varied answers
             top_p: nucleus sampling: only the most likely tokens covering this probability are sampled
             repetition_penalty: above 1 discourages repeating words (1.1 keeps the small model from looping)
         """
         return last_text(respond(message, [], max_new_tokens, temperature, top_p, repetition_penalty))
+
+    ask_health_question.__doc__ = ask_health_question.__doc__.replace("MAX_INPUT_CHARS", str(MAX_INPUT_CHARS))
 
     sliders = [
         gr.Slider(1, MAX_NEW_TOKENS, value=config["max_new_tokens"], step=1, label="max_new_tokens"),
@@ -130,7 +133,7 @@ def build_demo(chat: ChatModel, config: dict = DEFAULTS, ratings: Ratings | None
         cache_examples=False,
         additional_inputs=sliders,
         additional_inputs_accordion=gr.Accordion("Pengaturan (generation settings)", open=False),
-        textbox=gr.Textbox(placeholder="Tulis pertanyaan kesehatan Anda…", max_length=4000, submit_btn=True, stop_btn=True),
+        textbox=gr.Textbox(placeholder="Tulis pertanyaan kesehatan Anda…", max_length=MAX_INPUT_CHARS, submit_btn=True, stop_btn=True),
         chatbot=gr.Chatbot(feedback_options=("Like", "Dislike") if ratings else None, scale=1),
         # /chat keeps a conversation per client session: callable, but undocumented, so that it is no MCP tool
         # (Gradio's MCP server shares one session between all tool calls); /ask is the tool.
@@ -200,7 +203,7 @@ def build_app(chat: ChatModel, config: dict = DEFAULTS, ratings: Ratings | None 
     return app
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help=f"default: $MODEL_ID, config.yaml, or {PROJECT_MODEL}")
     parser.add_argument("--template", choices=list(TEMPLATES), default=None, help="override the model's chat_template")
@@ -210,9 +213,9 @@ def main() -> None:
     parser.add_argument("--backend", default=None, metavar="URL",
                         help="answer through this OpenAI-compatible server (vLLM, transformers serve, ...) instead of "
                              "loading a model, e.g. http://gpu-box:8000/v1; key from $BACKEND_API_KEY or $OPENAI_API_KEY")
-    parser.add_argument("--max_batch", type=int, default=int(os.environ.get("MAX_BATCH", "8")),
+    parser.add_argument("--max_batch", type=int, default=int(os.environ.get("MAX_BATCH", MAX_BATCH)),
                         help="answers generated together (1 = one at a time); more wait, up to --max_waiting")
-    parser.add_argument("--max_waiting", type=int, default=32, help="requests waiting beyond that are refused (HTTP 429)")
+    parser.add_argument("--max_waiting", type=int, default=MAX_WAITING, help="requests waiting beyond that are refused (HTTP 429)")
     parser.add_argument("--backend_model", default=None, metavar="NAME", help="the --backend model (default: the first it lists)")
     parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, default=None,
                         help="int8 weights (README, The demo): int8 = every linear layer and the head (3x fp32's decode speed), "
@@ -223,7 +226,11 @@ def main() -> None:
                         help="where the page's 👍/👎 ratings are appended (JSON Lines, trainer/preferences.py); default "
                              "$ALPACA_MEDIS_HOME/feedback/ratings.jsonl. With $FEEDBACK_REPO (a Hub dataset) they are also "
                              "pushed there every $FEEDBACK_EVERY_MINUTES (5)")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if zerogpu.available():
         import spaces  # noqa: F401  before the model loads: ZeroGPU places it on its (lent) GPU
     config = load_config()

@@ -74,14 +74,18 @@ def run_brute(texts: list[str], threshold: float, scorer: str) -> dict:
     return {"n": len(texts), "seconds": seconds, "kept": len(kept), "lcs": pairs, "pairs": pairs}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=50000, help="texts to add to the fast filter")
     parser.add_argument("--brute_n", type=int, default=2000, help="texts for the brute-force baseline (0: skip)")
     parser.add_argument("--threshold", type=float, default=0.7)
     parser.add_argument("--data", nargs="+", default=DEFAULT_FILES, help="Alpaca files the texts come from")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         texts = build_texts(args.data, max(args.n, args.brute_n), args.seed)
     except DataError as e:

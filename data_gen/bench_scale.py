@@ -2,12 +2,12 @@
 --workers N, and the Batch API end to end.
 
     python -m data_gen.bench_scale                         # 2,000 records, 0.5 s per answer (~4 min)
-    python -m data_gen.bench_scale --n 500 --skip sequential
+    python -m data_gen.bench_scale --limit 500 --skip sequential
 
 The stand-in (tests/data_gen/fake_openai_server.py) runs as its own process, answering each chat
 request after --delay seconds, like a remote model; the translate runs are separate processes too,
 timed from start to exit, as a user would run them. Records come from --data_path (ChatDoctor's
-English GenMedGPT-5k, read in place), --n of them, --batch_size per request. Each output is checked:
+English GenMedGPT-5k, read in place), --limit of them, --batch_size per request. Each output is checked:
 every source index once, in order. The stand-in answers a batch's lines without the delay, so the
 Batch API row measures our side (build, upload, poll, download, check, write), not OpenAI's queue,
 which takes minutes to 24 h. Prints a markdown table.
@@ -23,7 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from trainer import ROOT
+
 STAND_IN = ROOT / "tests" / "data_gen" / "fake_openai_server.py"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "chatdoctor5k.json"
 MODES = ("sequential", "workers", "batch_api")
@@ -89,9 +90,9 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=2000, help="records to translate (default %(default)s)")
+    parser.add_argument("--limit", "--n", dest="n", metavar="LIMIT", type=int, default=2000, help="records to translate (default %(default)s)")
     parser.add_argument("--delay", type=float, default=0.5, help="seconds per answer (default %(default)s)")
     parser.add_argument("--workers", type=int, default=16, help="--workers of the parallel run (default %(default)s)")
     parser.add_argument("--batch_size", type=int, default=5, help="records per request (default %(default)s)")
@@ -100,12 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data_path", type=Path, default=DEFAULT_DATA, help="English Alpaca records "
                         "(default: ../shared/data/chatdoctor5k.json)")
     parser.add_argument("--skip", nargs="*", choices=MODES, default=[], help="modes not to run")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if not args.data_path.exists():
         print(f"error: {args.data_path} not found; pass --data_path with English Alpaca records.", file=sys.stderr)
         return 2
     if args.n < 1 or args.workers < 1 or args.batch_size < 1 or args.delay < 0 or args.poll_interval <= 0:
-        print("error: --n, --workers and --batch_size must be at least 1, --delay 0 or more, --poll_interval more "
+        print("error: --limit, --workers and --batch_size must be at least 1, --delay 0 or more, --poll_interval more "
               "than 0.", file=sys.stderr)
         return 2
     print(table(run(args), args))

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import yaml
 
-CARD_DIR = Path(__file__).resolve().parents[1] / "data" / "conditions"
+from trainer import ROOT
+
+CARD_DIR = ROOT / "data" / "conditions"
 GROUPS = ("infeksi", "kronis", "ibu-anak", "kulit", "mata-tht-gigi", "jiwa-saraf", "cedera-darurat")
 AGES = ("bayi", "anak", "remaja", "dewasa", "lansia")
 SEXES = ("semua", "perempuan", "laki-laki")

@@ -332,7 +332,8 @@ def add_client_args(parser: argparse.ArgumentParser, max_tokens: int, temperatur
     group.add_argument("--base_url", required=True, help="the server's OpenAI-compatible API, e.g. http://127.0.0.1:7860/v1 "
                        "(our app.py) or https://api.openai.com/v1. The key is $OPENAI_API_KEY (unset: the placeholder 'unused')")
     group.add_argument("--model", required=True, help="model name the server knows, e.g. gpt-4o-mini")
-    group.add_argument("--max_tokens", type=int, default=max_tokens, help="max completion tokens per request (default %(default)s)")
+    group.add_argument("--max_new_tokens", "--max_tokens", dest="max_tokens", metavar="MAX_NEW_TOKENS", type=int, default=max_tokens,
+                       help="answer budget: max completion tokens per request, the API's max_tokens (default %(default)s)")
     group.add_argument("--temperature", type=float, default=temperature, help="sampling temperature (default %(default)s)")
     group.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling (default %(default)s)")
     group.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for one answer (default %(default)s)")
@@ -372,7 +373,7 @@ def check_client_args(args: argparse.Namespace) -> list[str]:
     if args.timeout <= 0:
         problems.append("--timeout must be more than 0 seconds.")
     if args.max_tokens < 1:
-        problems.append("--max_tokens must be at least 1.")
+        problems.append("--max_new_tokens must be at least 1.")
     if args.workers < 1:
         problems.append("--workers must be at least 1.")
     if args.poll_interval <= 0:

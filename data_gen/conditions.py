@@ -33,11 +33,13 @@ from pathlib import Path
 from data_gen.cards import CARD_DIR, Card, CardError, load_cards
 from data_gen.output import write_atomic
 from data_gen.rouge import RougeDedup
+from trainer import ROOT
+from trainer.prompts import SHAPES as PROMPT_SHAPES
 from trainer.records import DOCTOR_INSTRUCTION
 
-EVAL_DIR = Path(__file__).resolve().parents[1] / "data" / "eval"
+EVAL_DIR = ROOT / "data" / "eval"
 LEAK_THRESHOLD = 0.5  # ROUGE-L F of a message against an evaluation question at or above which it is dropped
-SHAPES = ("input", "empty")  # trainer/eval_report.py's names: GenMedGPT's fixed instruction / the demo's
+SHAPES = tuple(PROMPT_SHAPES)  # GenMedGPT's fixed instruction with the words as input / the demo's words alone
 EMERGENCY = "IGD rumah sakit terdekat atau hubungi ambulans 119 / 112"
 
 # ------------------------------------------------------------------------------------- the patient
@@ -283,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "cards (default: offline templates); with --model")
     parser.add_argument("--model", default=None, help="the model name on --base_url")
     parser.add_argument("--temperature", type=float, default=0.9)
-    parser.add_argument("--max_tokens", type=int, default=4096)
+    parser.add_argument("--max_new_tokens", "--max_tokens", dest="max_tokens", metavar="MAX_NEW_TOKENS", type=int, default=4096,
+                        help="answer budget per request on --base_url (default %(default)s)")
     parser.add_argument("--no_progress", action="store_true")
     return parser
 

@@ -33,7 +33,6 @@ import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from data_gen.batch_api import MAX_REQUESTS, BatchJob, refuse_open_batch, state_path
 from data_gen.client import Answer, ChatClient, ClientError, Usage, add_client_args, check_client_args, client_from_args, setup_logging
@@ -41,11 +40,12 @@ from data_gen.language import looks_like
 from data_gen.output import JsonlOutput, OutputError, count_records
 from data_gen.parallel import run_ordered
 from data_gen.rouge import RougeDedup, tokenize
+from trainer import ROOT
 from trainer.records import DOCTOR_INSTRUCTION, FIELDS, DataError, load_records
 
 logger = logging.getLogger(__name__)
 
-SEED_TASKS = Path(__file__).resolve().parents[1] / "data" / "seed_tasks.jsonl"
+SEED_TASKS = ROOT / "data" / "seed_tasks.jsonl"
 
 NO_INPUT = {"id": "<kosong>", "en": "<noinput>"}
 # What models write for "no input"; such an input becomes "".

@@ -9,8 +9,9 @@ run, exit 2; --skip_invalid counts and skips it). The numbers follow data/README
 characters (Python len), median by `statistics.median`, mean rounded to one decimal, p95 by nearest
 rank; duplicates are extra copies beyond the first, by exact string equality. Near duplicates are the
 records data_gen.rouge.RougeDedup would remove (ROUGE-L F >= threshold on instruction + "\\n" + input,
-first occurrence kept). Token lengths need --tokenizer (smollm2-135m, or a tokenizer folder) and
-count the field's text alone, without special tokens.
+first occurrence kept). Token lengths need --tokenizer (an embedded or the shipped model's name, a model
+folder with a tokenizer.json, or a Hub id) and count the field's text alone, without special tokens; the
+tokenizer is read with the `tokenizers` library, so stats never imports torch.
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 from data_gen.rouge import RougeDedup, tokenize
+from trainer.model_names import EMBEDDED, SHIPPED, ModelError, adapter_base, is_adapter, locate
 from trainer.records import FIELDS, DataError, load_records, near_dup_key
 
 # Function words that would otherwise fill the top-words chart (Indonesian, then English).
@@ -75,9 +79,34 @@ def collect_lengths(records: list[dict], tokenizer=None) -> dict[str, dict[str, 
     lengths = {"chars": field_lengths(records, lambda texts: [len(t) for t in texts])}
     if tokenizer is not None:
         lengths["tokens"] = field_lengths(
-            records, lambda texts: [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+            records, lambda texts: [len(e.ids) for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
         )
     return lengths
+
+
+def load_tokenizer(name: str):
+    """A model's fast tokenizer (its tokenizer.json) as a `tokenizers.Tokenizer`: the same ids as transformers'
+    tokenizer, without importing torch. `name`: an embedded base (converted first, in a child process, if it
+    is not yet), the shipped model (its base's tokenizer), a model folder, or a Hub id (online)."""
+    from tokenizers import Tokenizer
+
+    path = Path(locate(name))
+    if name in EMBEDDED and not (path / "tokenizer.json").exists():
+        # Converting needs torch; a child process keeps it out of this one.
+        done = subprocess.run([sys.executable, "-m", "trainer.models", "prepare", name], stdout=subprocess.DEVNULL)
+        if done.returncode:
+            raise ModelError(f"converting {name} failed (above); `python -m trainer.models prepare {name}` retries it.")
+    if not path.is_dir():
+        try:
+            return Tokenizer.from_pretrained(name)
+        except Exception as e:  # offline, or not on the Hub
+            raise ModelError(f"no tokenizer for {name!r} ({e}); give a model folder or one of {', '.join(EMBEDDED)}.") from None
+    if (path / "tokenizer.json").exists():
+        return Tokenizer.from_file(str(path / "tokenizer.json"))
+    if is_adapter(str(path)):  # an adapter without a tokenizer of its own (the shipped model): its base's
+        return load_tokenizer(adapter_base(str(path)))
+    raise ModelError(f"{path} has no tokenizer.json (a fast tokenizer); save one there with transformers: "
+                     f"`AutoTokenizer.from_pretrained('{path}').save_pretrained('{path}')`.")
 
 
 def top_words(texts: list[str], k: int) -> list[tuple[str, int]]:
@@ -183,14 +212,20 @@ def summary_lines(stats: dict) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m data_gen stats", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", help="Alpaca JSON array or JSON Lines files (read as one dataset)")
     parser.add_argument("--output_dir", "--out", dest="output_dir", required=True, help="folder for stats.json and the PNG plots")
-    parser.add_argument("--tokenizer", help="smollm2-135m or a tokenizer folder: adds token lengths (default: none)")
+    parser.add_argument("--tokenizer", help=f"{', '.join([*EMBEDDED, *SHIPPED])}, a model folder or a Hub id: adds token lengths "
+                        "(default: none)")
     parser.add_argument("--near_dup_threshold", type=float, default=0.7, help="ROUGE-L F for near duplicates (0: skip)")
     parser.add_argument("--top_words", type=int, default=30, help="how many top words to keep per field")
     parser.add_argument("--skip_invalid", action="store_true", help="skip (and count) invalid records instead of stopping")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not 0 <= args.near_dup_threshold <= 1:
         parser.error(f"--near_dup_threshold {args.near_dup_threshold}: give a ROUGE-L F in [0, 1] (0 skips).")
@@ -207,8 +242,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     tokenizer = None
     if args.tokenizer:
-        from trainer.models import ModelError, load_tokenizer
-
         try:
             tokenizer = load_tokenizer(args.tokenizer)
         except ModelError as e:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from trainer import ROOT
+
 SAMPLE = ROOT / "data" / "sample.jsonl"
 REAL_DATA = ROOT.parent / "shared" / "data" / "GenMedGPT-5k-id.json"
 

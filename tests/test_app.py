@@ -23,7 +23,7 @@ GREEDY = dict(temperature=0.0, top_p=1.0, repetition_penalty=1.0)
 def trained(tiny_llama, tmp_path_factory):
     """A tiny model fine-tuned for a few steps, so it has a chat_template like our checkpoints do."""
     out = tmp_path_factory.mktemp("app") / "out"
-    result = run_module("trainer.train", "--model_name_or_path", tiny_llama, "--data_path", SAMPLE, "--output_dir", out,
+    result = run_module("trainer.train", "--model", tiny_llama, "--data_path", SAMPLE, "--output_dir", out,
                         "--max_steps", "5", "--learning_rate", "3e-3", "--save_strategy", "no", "--template", "alpaca-id",
                         "--model_max_length", "1024")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -158,7 +158,7 @@ def test_closing_the_stream_stops_generation(trained):
 
 def test_a_lora_adapter_folder_loads_and_answers(tiny_llama, tmp_path):
     out = tmp_path / "lora"
-    result = run_module("trainer.train", "--model_name_or_path", tiny_llama, "--data_path", SAMPLE, "--output_dir", out,
+    result = run_module("trainer.train", "--model", tiny_llama, "--data_path", SAMPLE, "--output_dir", out,
                         "--max_steps", "2", "--lora_r", "4", "--save_strategy", "no", "--model_max_length", "1024")
     assert result.returncode == 0, result.stderr[-2000:]
     chat = ChatModel.load(str(out), dtype=torch.float32)
@@ -241,8 +241,8 @@ def shipped_chat():
 @pytest.mark.parametrize("condition", NAMED_BY_V2)
 def test_the_shipped_model_names_the_condition_of_an_unseen_question(condition, shipped_chat):
     from data_gen.cards import load_cards
+    from trainer.defaults import GENERATION
     from trainer.eval_conditions import names_condition
-    from trainer.serve.defaults import GENERATION
 
     card = next(c for c in load_cards() if c.id == condition)
     chat = shipped_chat

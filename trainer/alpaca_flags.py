@@ -12,7 +12,7 @@ import torch
 
 from trainer.hw import cpu_has_fast_bf16
 
-logger = logging.getLogger("trainer.train")
+logger = logging.getLogger(__name__)
 
 
 class UsageError(Exception):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -17,12 +18,14 @@ IGNORE_INDEX = -100  # CrossEntropyLoss skips these positions: prompt and paddin
 TRAIN_ON = ("all", "last")  # which assistant turns of a conversation are learned
 
 
-def tokenize_records(records, tokenizer, template, max_length: int, train_on: str = "all"):
+def tokenize_records(records, tokenizer, template, max_length: int | None, train_on: str = "all"):
     """Encode each record as its exchanges' prompt ids + answer ids + EOS, with prompt labels masked.
 
     An Alpaca record is one exchange; a conversation ({"messages": ...}) one per assistant turn, rendered
     by `template.segments` exactly as the chat template renders it. Every answer and its EOS is learned,
     or with `train_on="last"` only the final one. BOS (when the tokenizer adds it) comes once, first.
+    `template=None` renders each prompt with the tokenizer's own chat_template instead, whatever wrote it
+    (evaluation; one exchange per record). `max_length=None` truncates nothing.
 
     Prompt and answer are encoded separately and their ids concatenated: tokenizing the joined
     text can merge tokens across the boundary, so the prompt's tokens are not always a prefix of
@@ -34,19 +37,21 @@ def tokenize_records(records, tokenizer, template, max_length: int, train_on: st
         raise ValueError(f"train_on {train_on!r}: choose one of {', '.join(TRAIN_ON)}")
     if not records:  # e.g. no validation split (--val_set_size 0)
         return [], ExampleCounts()
-    segments = [template.segments(r["messages"] if is_conversation(r) else alpaca_messages(r)) for r in records]
-    # One batched call per kind of piece: the first prompt with special tokens (BOS), the rest without.
-    first_ids = tokenizer([s[0][0] for s in segments])["input_ids"]
+    render = template.segments if template is not None else partial(chat_template_segments, tokenizer)
+    segments = [render(r["messages"] if is_conversation(r) else alpaca_messages(r)) for r in records]
+    # One batched call per kind of piece: the first prompt with special tokens (BOS), the rest without. A
+    # chat_template's text already holds any BOS.
+    first_ids = tokenizer([s[0][0] for s in segments], add_special_tokens=template is not None)["input_ids"]
     later = [p for s in segments for p, _ in s[1:]]
     later_ids = iter(tokenizer(later, add_special_tokens=False)["input_ids"] if later else [])
     answer_ids = iter(tokenizer([a for s in segments for _, a in s], add_special_tokens=False)["input_ids"])
     n_bos = 1 if tokenizer.bos_token_id is not None and first_ids[0][:1] == [tokenizer.bos_token_id] else 0
-    min_prompt = max(max_length // 4, n_bos + 1)
+    min_prompt = max(max_length // 4, n_bos + 1) if max_length else 0
     examples, stats = [], ExampleCounts()
     for s, first in zip(segments, first_ids):
         exchanges = [[first if i == 0 else next(later_ids), next(answer_ids) + [tokenizer.eos_token_id],
                       train_on == "all" or i == len(s) - 1] for i in range(len(s))]
-        exchanges, truncated = _fit(exchanges, n_bos, max_length, min_prompt)
+        exchanges, truncated = _fit(exchanges, n_bos, max_length, min_prompt) if max_length else (exchanges, False)
         stats.truncated += truncated
         if exchanges is None:
             stats.dropped += 1
@@ -65,6 +70,15 @@ def tokenize_records(records, tokenizer, template, max_length: int, train_on: st
             "%d dropped with nothing left to learn", stats.truncated, len(records), max_length, stats.dropped,
         )
     return examples, stats
+
+
+def chat_template_segments(tokenizer, messages: list[dict]) -> list[tuple[str, str]]:
+    """`Template.segments` through the tokenizer's own chat_template, for a single exchange: the prompt as the
+    template renders it before an answer (any BOS text included), and the answer."""
+    *prompt, answer = messages
+    if answer["role"] != "assistant" or any(m["role"] == "assistant" for m in prompt):
+        raise ValueError("a chat_template renders one exchange here: prompt turns, then one assistant turn")
+    return [(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False), answer["content"])]
 
 
 def _fit(exchanges: list[list], n_bos: int, max_length: int, min_prompt: int) -> tuple[list[list] | None, bool]:

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_gen.cards import Card
+from trainer import ROOT
 from trainer.eval_report import is_indonesian
 from trainer.records import DOCTOR_INSTRUCTION
 
-QUESTIONS = Path(__file__).resolve().parents[1] / "data" / "eval" / "questions.jsonl"
+QUESTIONS = ROOT / "data" / "eval" / "questions.jsonl"
 VOICES = ("self", "parent", "relative", "pregnant")
 
 EMERGENCY_RE = re.compile(
@@ -52,7 +53,7 @@ class Question:
     voice: str
 
     def record(self) -> dict:
-        """As an Alpaca record, so trainer.eval_report.messages_for renders either prompt shape."""
+        """As an Alpaca record, so trainer.prompts.messages_for renders either prompt shape."""
         return {"instruction": DOCTOR_INSTRUCTION["id"], "input": self.question, "output": ""}
 
 

@@ -1,7 +1,8 @@
 """What trainer.evaluate measures on text, and its comparison table: torch-free, so trainer.push renders
 the same table in a model card without loading a model.
 
-Two prompt shapes are measured, because GenMedGPT's records and the demo ask differently:
+Two prompt shapes are measured (trainer.prompts.SHAPES, rendered by trainer.prompts.messages_for), because
+GenMedGPT's records and the demo ask differently:
 - `input`: the record as trained, the fixed "you are a doctor" instruction with the patient's words as
   the input (chat messages: system + user);
 - `empty`: what the demo sends, the patient's words as the instruction and an empty input (one user
@@ -16,21 +17,9 @@ from pathlib import Path
 from data_gen.language import looks_like
 from data_gen.rouge import rouge_l as _rouge_l
 from data_gen.rouge import tokenize
+from trainer.prompts import SHAPES
 
-SHAPES = {
-    "input": "with input (instruction + the patient's words as input, as in GenMedGPT)",
-    "empty": "empty input (the patient's words as the instruction, as the demo asks)",
-}
 REPEAT_NGRAM, REPEAT_TIMES = 4, 3  # degenerate repetition: some word 4-gram three times or more
-
-
-def messages_for(record: dict, shape: str = "input") -> list[dict]:
-    """A record as chat messages in one of SHAPES (a record without input is the same in both)."""
-    if record["input"] and shape == "input":
-        return [{"role": "system", "content": record["instruction"]}, {"role": "user", "content": record["input"]}]
-    if shape not in SHAPES:
-        raise ValueError(f"unknown prompt shape {shape!r}; choose from {', '.join(SHAPES)}")
-    return [{"role": "user", "content": record["input"] or record["instruction"]}]
 
 
 def rouge_l(hypothesis: str, reference: str) -> float:

@@ -1,5 +1,5 @@
 """Compare models on held-out Alpaca records: loss on learned tokens, and scored greedy answers, in
-both prompt shapes (`input`: GenMedGPT's, `empty`: the demo's; see trainer/eval_report.py).
+both prompt shapes (`input`: GenMedGPT's, `empty`: the demo's; see trainer.prompts.SHAPES).
 
     python -m trainer.evaluate --model gemma3-270m --model alpaca-medis-270m --template alpaca-id \
         --data_path ../shared/data/GenMedGPT-5k-id.json --limit 200 --output_dir eval
@@ -39,21 +39,23 @@ from data_gen.cards import CardError, load_cards
 from trainer import batches as batch_lib
 from trainer import eval_conditions
 from trainer import records as record_lib
-from trainer.eval_report import SHAPES, answer_metrics, comparison_table, messages_for
+from trainer.defaults import GENERATION, QUANTIZE_CHOICES
+from trainer.eval_report import answer_metrics, comparison_table
+from trainer.hw import on_torch_thread
 from trainer.models import ModelError
+from trainer.prompts import SHAPES, messages_for
 from trainer.run_summary import RunSummary, SummaryError
-from trainer.serve.defaults import GENERATION, QUANTIZE_CHOICES
-from trainer.serve.inference import ChatModel, InputError, on_torch_thread
+from trainer.serve.inference import ChatModel, InputError
 
-logger = logging.getLogger("trainer.evaluate")
+logger = logging.getLogger(__name__)
 
 
 def encode(tokenizer, record: dict, shape: str = "input") -> tuple[list[int], list[int]]:
-    """(input ids, labels) with the prompt masked, prompt and answer encoded separately as in training."""
-    prompt = tokenizer.apply_chat_template(messages_for(record, shape), add_generation_prompt=True, tokenize=False)
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]  # the template holds any BOS
-    answer_ids = tokenizer(record["output"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return prompt_ids + answer_ids, [batch_lib.IGNORE_INDEX] * len(prompt_ids) + answer_ids
+    """(input ids, labels) with the prompt masked, encoded as training encodes (batches.tokenize_records), the
+    prompt rendered by the model's own chat_template in `shape`; nothing truncated."""
+    conversation = {"messages": [*messages_for(record, shape), {"role": "assistant", "content": record["output"]}]}
+    (example,), _ = batch_lib.tokenize_records([conversation], tokenizer, None, max_length=None)
+    return example["input_ids"], example["labels"]
 
 
 @torch.no_grad()
@@ -125,7 +127,7 @@ def evaluate_model(name: str, records: list[dict], max_new_tokens: int, template
     chat = chat or load_chat(name, template, dtype)
     results = {}
     for shape in shapes:
-        # On the thread that generates: a second thread running torch ops slows both (serve.inference.TORCH_THREAD).
+        # On the thread that generates: a second thread running torch ops slows both (trainer.hw.TORCH_THREAD).
         loss, learned = on_torch_thread(learned_token_loss, chat.model, chat.tokenizer, records, shape)
         if not answers:
             results[shape] = {"loss": loss, "perplexity": math.exp(loss), "learned_tokens": learned}
@@ -228,7 +230,7 @@ def questions_markdown(asked: dict, shapes, samples: int = 3) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", required=True, help="repeat to compare models (name, folder or Hub id)")
     parser.add_argument("--data_path", default=None, help="held-out Alpaca records (the split training held out)")
@@ -241,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="as in training; default: what a model folder's train_summary.json records, "
                              f"else training's default ({record_lib.VAL_SET_SIZE})")
     parser.add_argument("--limit", type=int, default=0, help="evaluate the first N records of the split (0 = all)")
-    parser.add_argument("--max_new_tokens", type=int, default=256)
+    parser.add_argument("--max_new_tokens", type=int, default=GENERATION["max_new_tokens"])
     parser.add_argument("--template", default=None, help="for models without a chat_template")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="prompt shapes, comma-separated (default %(default)s)")
     parser.add_argument("--batch_size", type=int, default=16, help="answers generated together (default %(default)s)")
@@ -260,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="an earlier eval.json: models it measured on the same records and settings are copied from it "
                              "instead of being measured again (each model and part is checked to match)")
     parser.add_argument("--output_dir", "--out", dest="output_dir", default="eval", help="folder for eval.json and eval.md")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     shapes = [s for s in args.shapes.split(",") if s]
     unknown = [s for s in shapes if s not in SHAPES]

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from trainer import packing
 from trainer.batches import DataCollator, SupervisedDataset, batch_counts, learned_loss_sum, to_device
 
-logger = logging.getLogger("trainer.fsdp")
+logger = logging.getLogger(__name__)
 
 FSDP_OPTIONS = {"full_shard", "shard_grad_op", "auto_wrap", "offload"}
 

@@ -1,10 +1,14 @@
 """What this machine computes fast, measured rather than read from CPU flags: VMs misreport them, and a CPU
-without AVX-512-BF16/AMX emulates bf16 at ~1 % of fp32 speed. Used by training, serving and benchmarks."""
+without AVX-512-BF16/AMX emulates bf16 at ~1 % of fp32 speed. Used by training, serving and benchmarks.
+And the one thread all torch work of serving, evaluation and the benchmarks runs on (`on_torch_thread`)."""
 
 from __future__ import annotations
 
 import functools
+import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -64,3 +68,39 @@ def one_token_faster_without_onednn(rows: int = 16384, cols: int = 2048) -> tupl
 
     with_onednn, without = ms(True), ms(False)
     return without < 0.8 * with_onednn, f"bf16 matrix-vector {without:.2f} ms without oneDNN, {with_onednn:.2f} ms with"
+
+
+# All torch work of the chat models (loading, generating) runs on this one thread. OpenMP gives each
+# thread that runs parallel ops its own team of workers; once two teams exist there are more threads
+# than cores, and libgomp then makes workers sleep between ops instead of spinning. So generating on a
+# new thread per answer, beside the team of the thread that loaded the model, slows decoding (by ~40 %
+# on the 2-core machine of BENCHMARKS.md).
+_torch_thread_id: list[int] = []  # set by the thread itself when it starts
+
+
+def _new_torch_thread() -> ThreadPoolExecutor:
+    _torch_thread_id.clear()
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch",
+                              initializer=lambda: _torch_thread_id.append(threading.get_ident()))
+
+
+TORCH_THREAD = _new_torch_thread()
+
+
+def _after_fork_in_child() -> None:
+    # A forked child (ZeroGPU runs each @spaces.GPU call in one) has no threads but the forking one, while
+    # the executor still counts its worker: work submitted there would wait forever. A fresh executor runs it.
+    global TORCH_THREAD
+    TORCH_THREAD = _new_torch_thread()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def on_torch_thread(fn, *args, **kwargs):
+    """fn(*args, **kwargs), run on TORCH_THREAD: serving's generation, evaluation's losses, and the benchmarks,
+    which time torch work as the app runs it.
+    Called from TORCH_THREAD itself it runs fn directly: waiting on its own queue would deadlock."""
+    if threading.get_ident() in _torch_thread_id:
+        return fn(*args, **kwargs)
+    return TORCH_THREAD.submit(fn, *args, **kwargs).result()

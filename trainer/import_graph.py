@@ -14,7 +14,8 @@ import sys
 from functools import cache
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from trainer import ROOT
+
 PACKAGES = ("trainer", "data_gen")
 
 

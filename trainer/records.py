@@ -22,7 +22,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 
-from trainer.prompts import SHAREGPT_ROLES, conversation_messages, conversation_shape
+from trainer.prompts import SHAREGPT_ROLES, conversation_messages, conversation_shape, messages_for
 
 logger = logging.getLogger(__name__)
 
@@ -72,13 +72,9 @@ def is_conversation(record: dict) -> bool:
 
 
 def alpaca_messages(record: dict) -> list[dict]:
-    """An Alpaca record as the conversation it stands for (trainer/prompts.py maps the two the same way):
-    no input -> the instruction as the user's turn; with input -> the instruction as system, the input as user."""
-    if record["input"]:
-        prompt = [{"role": "system", "content": record["instruction"]}, {"role": "user", "content": record["input"]}]
-    else:
-        prompt = [{"role": "user", "content": record["instruction"]}]
-    return [*prompt, {"role": "assistant", "content": record["output"]}]
+    """An Alpaca record as the conversation it stands for: its prompt as trained (prompts.messages_for), then the
+    output as the assistant's turn."""
+    return [*messages_for(record), {"role": "assistant", "content": record["output"]}]
 
 
 def sharegpt_turns(messages: list[dict]) -> list[dict]:
@@ -344,13 +340,18 @@ def with_empty_input_share(records: list[dict], share: float, seed: int = SPLIT_
     return out, len(chosen)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser():
     import argparse
 
-    parser = argparse.ArgumentParser(description="Validate a dataset (Alpaca, messages or ShareGPT) and print its counts.")
+    parser = argparse.ArgumentParser(prog="python -m trainer.records",
+                                     description="Validate a dataset (Alpaca, messages or ShareGPT) and print its counts.")
     parser.add_argument("data_path")
     parser.add_argument("--skip_invalid", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         loaded = load_records(args.data_path, args.skip_invalid, conversations=True)

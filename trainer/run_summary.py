@@ -65,7 +65,7 @@ class Throughput:
 
 @dataclass
 class RunSummary:
-    model: str | None = None  # as given to --model_name_or_path (push replaces a local path by a name)
+    model: str | None = None  # as given to trainer.train --model (push replaces a local path by a name)
     template: str | None = None
     method: str = "full"  # "full" or "lora (r=16, alpha=32)"
     data_path: str | None = None

@@ -1,6 +1,6 @@
 """Supervised fine-tuning on Alpaca records or chat conversations (full or LoRA): one process, DDP, or FSDP.
 
-    python -m trainer.train --model_name_or_path smollm2-135m \
+    python -m trainer.train --model smollm2-135m \
         --data_path ../shared/data/GenMedGPT-5k-id.json --template alpaca-id \
         --max_steps 20 --output_dir out
     torchrun --nproc_per_node=2 -m trainer.train --fsdp "full_shard auto_wrap" ...   # sharded
@@ -8,10 +8,10 @@
 One process and DDP (torchrun without --fsdp) run the Hugging Face Trainer; --fsdp under torchrun
 runs trainer/fsdp.py, which really shards parameters on GPUs and CPUs alike.
 
-stanford_alpaca's README command is accepted as written: `--evaluation_strategy` (now
-`--eval_strategy`) and `--warmup_ratio` (now a fractional `--warmup_steps`) are renamed, and the
-GPU-only `--tf32` and `--bf16` are dropped with a warning where they cannot help (see
-`trainer/alpaca_flags.py`). Flags override a `--config file.yaml`.
+stanford_alpaca's README command is accepted as written: `--model_name_or_path` is an alias of `--model`
+(in presets too), `--evaluation_strategy` (now `--eval_strategy`) and `--warmup_ratio` (now a fractional
+`--warmup_steps`) are renamed, and the GPU-only `--tf32` and `--bf16` are dropped with a warning where
+they cannot help (see `trainer/alpaca_flags.py`). Flags override a `--config file.yaml`.
 
 Steps: parse_args -> load_datasets -> load_model_and_tokenizer -> build_datasets -> train (Trainer or FSDP) -> save.
 """
@@ -43,13 +43,15 @@ from trainer.preferences import METHODS
 from trainer.prompts import DEFAULT_TEMPLATE, TEMPLATES, chat_template_for, get_template
 from trainer.run_summary import RecordCounts, RunSummary, Throughput
 
-logger = logging.getLogger("trainer.train")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
 class ModelArguments:
-    model_name_or_path: str = field(
-        default=DEFAULT_MODEL, metadata={"help": f"`{DEFAULT_MODEL}` (embedded, offline), a local folder or a Hub id."}
+    model: str = field(
+        default=DEFAULT_MODEL,
+        # stanford_alpaca's name stays an alias, on the command line and in presets (`model_name_or_path:`)
+        metadata={"help": f"`{DEFAULT_MODEL}` (embedded, offline), a local folder or a Hub id.", "aliases": ["--model_name_or_path"]},
     )
     template: str = field(
         default=DEFAULT_TEMPLATE, metadata={"help": f"Prompt template: {', '.join(TEMPLATES)}. Saved as the chat_template."}
@@ -164,11 +166,15 @@ class TrainingArguments(transformers.TrainingArguments):
 # ------------------------------------------------------------------------------------ argument parsing
 
 
+def build_parser() -> HfArgumentParser:
+    return HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+
+
 def parse_args(argv: list[str]):
     argv = alpaca_flags.expand_config(list(argv))
     argv = alpaca_flags.rename_legacy(argv)
     argv = alpaca_flags.cpu_adjust(argv)
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    parser = build_parser()
     try:
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
     except ValueError as e:  # TrainingArguments.__post_init__ checks flag combinations
@@ -188,7 +194,7 @@ def parse_args(argv: list[str]):
         problems.append("--sft_weight is for --method dpo (an SFT loss beside DPO's).")
     elif training_args.method != "sft" and (training_args.fsdp_mode or training_args.packing or model_args.init_adapter):
         problems.append(f"--method {training_args.method} trains a LoRA adapter on one process, without --fsdp, --packing or "
-                        "--init_adapter: give the SFT model or adapter as --model_name_or_path.")
+                        "--init_adapter: give the SFT model or adapter as --model.")
     try:
         training_args.strategy = choose_strategy(training_args)
     except fsdp_lib.FsdpError as e:
@@ -269,14 +275,14 @@ def build_datasets(train_records, val_records, tokenizer, model_args, training_a
 
 def load_model_and_tokenizer(model_args: ModelArguments, training_args: TrainingArguments):
     kwargs = dict(trust_remote_code=model_args.trust_remote_code, revision=model_args.model_revision)
-    tokenizer = load_tokenizer(model_args.model_name_or_path, **kwargs)
+    tokenizer = load_tokenizer(model_args.model, **kwargs)
     tokenizer.model_max_length = training_args.model_max_length
     if tokenizer.pad_token is None:
-        # Safe because padding is masked by position (data.DataCollator), never by token id.
+        # Safe because padding is masked by position (batches.DataCollator), never by token id.
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.chat_template = chat_template_for(tokenizer, get_template(model_args.template))
     # fp32 weights: the Trainer's --bf16 autocasts on GPUs, and on CPUs without bf16 units fp32 is fastest.
-    model = load_model(model_args.model_name_or_path, dtype=torch.float32, **kwargs)
+    model = load_model(model_args.model, dtype=torch.float32, **kwargs)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     if model_args.init_adapter:
@@ -299,7 +305,7 @@ def _continue_lora(model, model_args: ModelArguments):
     if model_args.lora_r and model_args.lora_r != config.r:
         logger.warning("--lora_r %d ignored: %s has rank %d, kept", model_args.lora_r, folder, config.r)
     model_args.lora_r, model_args.lora_alpha = config.r, config.lora_alpha
-    base = model_args.model_name_or_path
+    base = model_args.model
     config.base_model_name_or_path = os.path.abspath(base) if os.path.isdir(base) else base
     return model
 
@@ -318,7 +324,7 @@ def _apply_lora(model, model_args: ModelArguments):
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
         raise UsageError(f"LoRA: {e}. Linear modules of this model: {', '.join(linear)}. Pass --lora_target_modules.") from None
     # The adapter names its base as the user did (e.g. `smollm2-135m`), not a cache path on this machine.
-    base = model_args.model_name_or_path
+    base = model_args.model
     model.peft_config["default"].base_model_name_or_path = os.path.abspath(base) if os.path.isdir(base) else base
     return model
 
@@ -485,7 +491,7 @@ def save(model, trainer, tokenizer, model_args, data_args, training_args, counts
     train_losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
     eval_losses = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
     summary = RunSummary(
-        model=model_args.model_name_or_path,
+        model=model_args.model,
         template=model_args.template,
         method=f"lora (r={model_args.lora_r}, alpha={model_args.lora_alpha})" if model_args.lora_r else "full",
         data_path=data_args.data_path,
@@ -511,7 +517,7 @@ def save(model, trainer, tokenizer, model_args, data_args, training_args, counts
         torch_version=torch.__version__,
     )
     summary.write(out)
-    title = f"{model_args.model_name_or_path} on {os.path.basename(data_args.data_path)}"
+    title = f"{model_args.model} on {os.path.basename(data_args.data_path)}"
     plot_losses(train_losses, eval_losses, os.path.join(out, "loss.png"), title=title)
     return summary
 
@@ -593,7 +599,7 @@ def train_preferences(model_args, data_args, training_args) -> RunSummary:
     evals = [h for h in history if "eval_loss" in h]
     pick = lambda h: {k.removeprefix("eval_"): round(v, 4) for k, v in h.items() if "rewards/" in k or k == "eval_loss"}  # noqa: E731
     summary = RunSummary(
-        model=model_args.model_name_or_path, template=model_args.template,
+        model=model_args.model, template=model_args.template,
         method=f"{method} (beta={training_args.beta}" + (f", sft_weight={training_args.sft_weight}" if training_args.sft_weight else "")
         + f"), lora (r={peft_config.r}, alpha={peft_config.lora_alpha})"
         + (" stacked on the SFT adapter" if sft_adapter else ""),
@@ -610,7 +616,7 @@ def train_preferences(model_args, data_args, training_args) -> RunSummary:
     )
     summary.write(out)
     plot_losses(train_losses, eval_losses, os.path.join(out, "loss.png"),
-                title=f"{method} on {model_args.model_name_or_path} with {os.path.basename(data_args.data_path)}")
+                title=f"{method} on {model_args.model} with {os.path.basename(data_args.data_path)}")
     return summary
 
 

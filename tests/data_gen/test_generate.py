@@ -162,7 +162,7 @@ def test_an_answer_cut_at_max_tokens_loses_its_last_record(server, tmp_path, cap
 
 def test_requests_carry_batch_size_examples_and_settings(server, tmp_path, capsys):
     out = tmp_path / "gen.jsonl"
-    code, _, _ = run(server, out, "--num_records", 5, "--batch_size", 4, "--num_prompt_examples", 2, "--max_tokens", 900,
+    code, _, _ = run(server, out, "--num_records", 5, "--batch_size", 4, "--num_prompt_examples", 2, "--max_new_tokens", 900,
                      "--temperature", 0.5, capsys=capsys)
     assert code == 0 and len(read(out)) == 5
     body = server.requests[0]
@@ -330,7 +330,7 @@ def test_end_to_end_against_our_app_with_a_tiny_model(tiny_llama, tmp_path, caps
         out = tmp_path / "gen.jsonl"
         # No examples in the prompt: the tiny model's context is 1,024 tokens.
         code = main(["--base_url", f"{url}/v1", "--model", chat.name, "--out", str(out), "--num_records", "3",
-                     "--batch_size", "2", "--num_prompt_examples", "0", "--max_tokens", "96", "--max_requests", "2",
+                     "--batch_size", "2", "--num_prompt_examples", "0", "--max_new_tokens", "96", "--max_requests", "2",
                      "--patience", "0", "--no_progress"])
         stdout = capsys.readouterr().out
     finally:

@@ -212,7 +212,7 @@ def test_batch_api_sends_one_file_and_one_batch_and_writes_every_record(tmp_path
     source, out = write_source(tmp_path, SOURCE), tmp_path / "id.jsonl"
     with FakeOpenAI() as server:
         code, stdout, _ = run(server, source, out, "--batch_size", 3, "--batch_api", "--poll_interval", 0.02,
-                              "--max_tokens", 900, "--price_per_1k", "0.5,2", capsys=capsys)
+                              "--max_new_tokens", 900, "--price_per_1k", "0.5,2", capsys=capsys)
     assert code == 0, stdout
     assert read(out) == expected(SOURCE)
     assert len(server.uploads) == 1 and len(server.batches) == 1 and server.requests == []  # nothing synchronous

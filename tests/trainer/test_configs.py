@@ -31,7 +31,7 @@ def test_the_project_model_preset_loads_with_its_recipe(tmp_path, monkeypatch):
     assert "make model" in header and f"--config trainer/configs/{PROJECT_PRESET.name}" in header
     assert f"--config trainer/configs/{PROJECT_PRESET.name}" in (ROOT / "Makefile").read_text()
     model_args, data_args, args = parse_args(["--config", str(PROJECT_PRESET), "--data_path", str(SAMPLE), "--output_dir", str(tmp_path)])
-    assert model_args.model_name_or_path == "gemma3-270m" and model_args.template == "alpaca-id"
+    assert model_args.model == "gemma3-270m" and model_args.template == "alpaca-id"
     assert model_args.lora_r == 16 and set(model_args.lora_target_modules.split(",")) == {
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     assert data_args.empty_input_share == 0.5 and data_args.val_set_size == 0.1 and args.seed == 42
@@ -48,7 +48,7 @@ def test_the_second_stage_preset_continues_stage_one_on_the_condition_records(tm
     assert f"--config trainer/configs/{STAGE2_PRESET.name}" in makefile and "data_gen conditions" in makefile
     model_args, data_args, args = parse_args(["--config", str(STAGE2_PRESET), "--data_path", str(SAMPLE), "--output_dir",
                                               str(tmp_path), "--init_adapter", str(tmp_path), "--extra_data_path", str(SAMPLE)])
-    assert model_args.model_name_or_path == "gemma3-270m" and model_args.template == "alpaca-id"
+    assert model_args.model == "gemma3-270m" and model_args.template == "alpaca-id"
     assert data_args.max_train_samples > 0 and data_args.empty_input_share == 0.5 and data_args.val_set_size == 0.1
     assert args.packing and args.save_strategy == "steps" and args.save_steps > 0  # resumable
 
@@ -60,7 +60,7 @@ def test_the_preference_preset_tunes_the_shipped_adapter_with_dpo(tmp_path, monk
     assert "trainer.preference_set" in header and f"--config trainer/configs/{DPO_PRESET.name}" in header
     model_args, data_args, args = parse_args(["--config", str(DPO_PRESET), "--data_path", str(SAMPLE), "--output_dir", str(tmp_path)])
     assert args.method == "dpo" and args.beta == 0.1 and args.sft_weight == 1.0 and not args.packing
-    assert model_args.model_name_or_path == "models/alpaca-medis-270m" and model_args.template == "alpaca-id"
+    assert model_args.model == "models/alpaca-medis-270m" and model_args.template == "alpaca-id"
     assert model_args.lora_r == 16 and data_args.val_set_size == 0.1 and args.save_strategy == "steps" and args.save_steps > 0
 
 
@@ -96,7 +96,7 @@ def test_accelerate_config_launches_real_fsdp_on_cpu(tiny_llama, tmp_path):
     out = tmp_path / "out"
     result = subprocess.run(
         [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(cpu_config), "-m", "trainer.train",
-         "--model_name_or_path", str(tiny_llama), "--data_path", str(SAMPLE), "--output_dir", str(out),
+         "--model", str(tiny_llama), "--data_path", str(SAMPLE), "--output_dir", str(out),
          "--max_steps", "2", "--save_strategy", "no", "--model_max_length", "1024"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )

@@ -13,7 +13,7 @@ from trainer.train import DataArguments, load_datasets
 @pytest.fixture(scope="module")
 def trained(tiny_llama, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "out"
-    result = run_module("trainer.train", "--model_name_or_path", tiny_llama, "--data_path", SAMPLE, "--output_dir", out,
+    result = run_module("trainer.train", "--model", tiny_llama, "--data_path", SAMPLE, "--output_dir", out,
                         "--max_steps", "4", "--learning_rate", "3e-3", "--save_strategy", "no", "--model_max_length", "1024")
     assert result.returncode == 0, result.stderr[-2000:]
     return out
@@ -79,7 +79,7 @@ def test_language_and_repetition_measures_on_known_strings():
 
 
 def test_both_prompt_shapes_of_a_record():
-    from trainer.eval_report import messages_for
+    from trainer.prompts import messages_for
 
     record = {"instruction": "Jika Anda seorang dokter, jawablah.", "input": "Saya demam.", "output": "Istirahat."}
     assert messages_for(record, "input") == [{"role": "system", "content": record["instruction"]},

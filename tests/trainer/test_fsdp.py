@@ -21,7 +21,7 @@ COMMON = ["--data_path", SAMPLE, "--learning_rate", "3e-3", "--model_max_length"
 def torchrun(nproc: int, model, out, *extra) -> tuple[subprocess.CompletedProcess, dict]:
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-         "-m", "trainer.train", "--model_name_or_path", str(model), "--output_dir", str(out), *map(str, COMMON), *map(str, extra)],
+         "-m", "trainer.train", "--model", str(model), "--output_dir", str(out), *map(str, COMMON), *map(str, extra)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     summary = json.loads((out / "train_summary.json").read_text()) if (out / "train_summary.json").exists() else None
@@ -38,7 +38,7 @@ def llama_runs(tiny_llama, tmp_path_factory):
                        "--max_steps", "6", "--save_strategy", "no", "--logging_steps", "1")
     assert one.returncode == 0, one.stderr[-3000:]
     single = subprocess.run(
-        [sys.executable, "-m", "trainer.train", "--model_name_or_path", str(tiny_llama), "--output_dir", str(base / "single"),
+        [sys.executable, "-m", "trainer.train", "--model", str(tiny_llama), "--output_dir", str(base / "single"),
          *map(str, COMMON), "--max_steps", "1", "--save_strategy", "no"], cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert single.returncode == 0, single.stderr[-3000:]
@@ -154,7 +154,7 @@ def test_torchrun_without_fsdp_is_ddp_with_whole_copies(tiny_llama, tmp_path):
     assert summary["local_params_per_rank"] == [summary["total_params"]] * 2
     # The loss is a per-token mean over the global batch: one process with batch 4 gives the same curve.
     single = subprocess.run(
-        [sys.executable, "-m", "trainer.train", "--model_name_or_path", str(tiny_llama), "--output_dir", str(tmp_path / "single"),
+        [sys.executable, "-m", "trainer.train", "--model", str(tiny_llama), "--output_dir", str(tmp_path / "single"),
          *map(str, COMMON), "--per_device_train_batch_size", "4", "--max_steps", "3", "--save_strategy", "no"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )

@@ -12,7 +12,8 @@ from trainer.import_graph import ROOT, all_modules, external_imports, imports_of
 TRAINING = {"trainer.train", "trainer.fsdp", "trainer.packing", "trainer.batches", "trainer.records",
             "trainer.evaluate", "trainer.alpaca_flags", "trainer.bench", "trainer.hub"}
 SERVING = ("app", "trainer.serve.inference", "trainer.serve.openai_api")
-DATA_GEN = ("data_gen.generate", "data_gen.translate", "data_gen.convert")
+# Every data_gen module, read from the package's files: a new one is fenced in without editing this list.
+DATA_GEN = tuple(m for m in all_modules() if m.split(".")[0] == "data_gen")
 
 
 def fresh_import(code: str) -> str:
@@ -22,8 +23,18 @@ def fresh_import(code: str) -> str:
 
 
 def test_data_gen_imports_no_torch():
-    code = "import sys, data_gen.generate, data_gen.translate, data_gen.convert, data_gen.stats; print('torch' in sys.modules)"
+    assert len(DATA_GEN) > 10 and {"data_gen.stats", "data_gen.generate", "data_gen.__main__"} <= set(DATA_GEN)
+    assert not {"torch", "transformers", "peft", "accelerate"} & external_imports(*DATA_GEN)
+    code = f"import sys, {', '.join(DATA_GEN)}; print('torch' in sys.modules)"
     assert fresh_import(code) == "False"
+
+
+def test_stats_reads_a_tokenizer_without_torch(tiny_llama):
+    # The tokenizer of `stats --tokenizer` (a folder here; embedded names resolve to folders the same way).
+    code = (f"import sys; from data_gen.stats import load_tokenizer; t = load_tokenizer({str(tiny_llama)!r}); "
+            "print(len(t.encode('Saya demam.', add_special_tokens=False).ids) > 0, "
+            "sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
+    assert fresh_import(code) == "True []"
 
 
 def test_records_and_prompts_import_nothing_heavy():
@@ -38,8 +49,10 @@ def test_records_and_prompts_import_nothing_heavy():
 
 def test_data_gen_reaches_trainer_only_through_records():
     reached = reachable(*DATA_GEN)
-    # records, the templates they render through, and the preference formats: all pure Python
-    assert {m for m in reached if m.startswith("trainer.")} == {"trainer.records", "trainer.prompts", "trainer.preferences"}
+    # records, the templates they render through, the preference formats, and model names (stats --tokenizer):
+    # all pure Python
+    assert {m for m in reached if m.startswith("trainer.")} == {"trainer.records", "trainer.prompts", "trainer.preferences",
+                                                                "trainer.model_names"}
 
 
 @pytest.mark.parametrize("root", SERVING)
@@ -51,7 +64,8 @@ def test_serving_reaches_no_training_module(root):
 
 def test_serving_in_a_fresh_interpreter_loads_no_training_module():
     code = ("import sys, app; print(sorted(m for m in sys.modules if m.startswith('trainer.') and "
-            "not m.startswith(('trainer.serve', 'trainer.models', 'trainer.prompts', 'trainer.hw', 'trainer.preferences'))))")
+            "not m.startswith(('trainer.serve', 'trainer.models', 'trainer.model_names', 'trainer.prompts', 'trainer.hw', 'trainer.defaults', "
+            "'trainer.preferences'))))")
     assert fresh_import(code) == "[]"
 
 

@@ -4,7 +4,7 @@ import time
 import pytest
 import torch
 
-from trainer import models
+from trainer import ROOT, models
 from trainer.models import DEFAULT_MODEL, ModelError, is_adapter, load_model, load_tokenizer, resolve
 
 
@@ -31,7 +31,7 @@ def test_home_follows_the_environment(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_embedded_model_is_a_plain_checkpoint_that_answers():
-    path = models.prepare_embedded()  # converts once per machine (~30 s), then reuses the folder
+    path = models.prepare_embedded()  # converts once per machine, then reuses the folder
     config = json.loads((path / "config.json").read_text())
     assert "quantization_config" not in config and config["num_hidden_layers"] == 30
     assert (path / "model.safetensors").stat().st_size > 400e6  # de-quantized fp32, not Q4 blocks
@@ -56,14 +56,14 @@ def test_every_embedded_base_names_its_package_release_and_license():
     assert "Gemma Terms of Use" in gemma.license_name and "Gemma Terms of Use" in gemma.source
     assert "de-quantized" in gemma.source
     # The Makefile pins the package the registry names (it checks its own sha256 on assembly).
-    assert f"{gemma.package}==1.0.0" in (models.REPO / "Makefile").read_text()
+    assert f"{gemma.package}==1.0.0" in (ROOT / "Makefile").read_text()
 
 
 def test_the_project_model_resolves_to_the_shipped_adapter():
     path = resolve(models.PROJECT_MODEL)
-    assert path == str(models.REPO / "models" / models.PROJECT_MODEL) and is_adapter(path)
+    assert path == str(ROOT / "models" / models.PROJECT_MODEL) and is_adapter(path)
     assert models.adapter_base(path) == "gemma3-270m"
-    assert not (models.REPO / "models" / models.PROJECT_MODEL / "tokenizer.json").exists()  # the base's, not copied
+    assert not (ROOT / "models" / models.PROJECT_MODEL / "tokenizer.json").exists()  # the base's, not copied
 
 
 def test_importing_models_does_not_import_torch():
@@ -71,13 +71,13 @@ def test_importing_models_does_not_import_torch():
     import sys
 
     code = "import sys, trainer.models, trainer.hub.push; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=models.REPO, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
 @pytest.mark.slow
 def test_gemma_base_is_a_plain_multilingual_checkpoint():
-    path = models.prepare_embedded("gemma3-270m")  # converts once per machine (~1.5 min), then reuses the folder
+    path = models.prepare_embedded("gemma3-270m")  # converts once per machine, then reuses the folder
     config = json.loads((path / "config.json").read_text())
     assert config["architectures"] == ["Gemma3ForCausalLM"] and "quantization_config" not in config
     assert config["num_hidden_layers"] == 18 and "sliding_attention" in config["layer_types"]

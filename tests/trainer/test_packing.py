@@ -105,7 +105,7 @@ def test_labels_stay_masked_per_example():
 
 
 def train(model, out, *extra):
-    result = run_module("trainer.train", "--model_name_or_path", model, "--data_path", SAMPLE, "--output_dir", out,
+    result = run_module("trainer.train", "--model", model, "--data_path", SAMPLE, "--output_dir", out,
                         "--template", "alpaca", "--max_steps", "4", "--per_device_train_batch_size", "4",
                         "--learning_rate", "3e-3", "--logging_steps", "1", "--eval_strategy", "no", "--save_strategy", "no",
                         "--seed", "3", *extra)

@@ -25,6 +25,7 @@ SA_FLAGS = [
 
 
 def train_cli(model, out, *extra):
+    # stanford_alpaca's --model_name_or_path, an alias of --model: its command is run as written.
     result = run_module("trainer.train", "--model_name_or_path", model, "--data_path", SAMPLE, "--output_dir", out, *extra)
     assert result.returncode == 0, result.stderr[-3000:]
     return result, json.loads((out / "train_summary.json").read_text())
@@ -96,7 +97,7 @@ def test_lora_saves_an_adapter_that_reloads_and_merges(tiny_llama, tmp_path):
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(tiny_llama) and sorted(config["target_modules"]) == ["q_proj", "v_proj"]
     merged = tmp_path / "merged"
-    result = run_module("trainer.merge", "--adapter", out, "--output_dir", merged)
+    result = run_module("trainer.export.merge", "--model", out, "--output_dir", merged)
     assert result.returncode == 0, result.stderr
     from trainer.models import load_model
 
@@ -111,7 +112,7 @@ def test_lora_saves_an_adapter_that_reloads_and_merges(tiny_llama, tmp_path):
 
 
 def test_lora_wrong_target_lists_the_modules(tiny_llama, tmp_path):
-    result = run_module("trainer.train", "--model_name_or_path", tiny_llama, "--data_path", SAMPLE,
+    result = run_module("trainer.train", "--model", tiny_llama, "--data_path", SAMPLE,
                         "--output_dir", tmp_path / "o", "--lora_r", "4", "--lora_target_modules", "query_key_value")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "q_proj" in result.stderr and "--lora_target_modules" in result.stderr
@@ -134,7 +135,7 @@ def test_broken_dataset_exits_2_naming_the_record(tiny_llama, tmp_path):
     data = tmp_path / "broken.jsonl"
     data.write_text('{"instruction": "a", "input": "", "output": "b"}\n{"instruction": "a", "input": 5, "output": "b"}\n')
     out = tmp_path / "out"
-    result = run_module("trainer.train", "--model_name_or_path", tiny_llama, "--data_path", data, "--output_dir", out)
+    result = run_module("trainer.train", "--model", tiny_llama, "--data_path", data, "--output_dir", out)
     assert result.returncode == 2
     assert f"{data}: 1 invalid record(s) of 2:\n  line 2: field 'input' is int, not a string" in result.stderr
     assert "Traceback" not in result.stderr and not out.exists()
@@ -206,7 +207,7 @@ def test_second_stage_continues_an_adapter_on_training_only_records(tiny_llama, 
     assert two["eval_loss_initial"] == pytest.approx(one["eval_loss_final"], rel=1e-3)  # starts where stage 1 ended
     before, after = load_file(first / "adapter_model.safetensors"), load_file(second / "adapter_model.safetensors")
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
-    result = run_module("trainer.train", "--model_name_or_path", tiny_llama, "--data_path", SAMPLE, "--output_dir",
+    result = run_module("trainer.train", "--model", tiny_llama, "--data_path", SAMPLE, "--output_dir",
                         tmp_path / "x", "--init_adapter", tmp_path)
     assert result.returncode == 2 and "no adapter_config.json" in result.stderr and "Traceback" not in result.stderr
 
@@ -223,7 +224,7 @@ def test_trains_on_conversations_learning_the_last_answer(tiny_llama, tmp_path):
     data.write_text("".join(json.dumps({"conversations": sharegpt_turns(c["messages"])}, ensure_ascii=False) + "\n"
                             for c in chats), encoding="utf-8")
     out = tmp_path / "out"
-    result = run_module("trainer.train", "--model_name_or_path", tiny_llama, "--data_path", data, "--output_dir", out,
+    result = run_module("trainer.train", "--model", tiny_llama, "--data_path", data, "--output_dir", out,
                         "--train_on", "last", "--val_set_size", "2", "--max_steps", "3", "--per_device_train_batch_size", "2",
                         "--learning_rate", "3e-3", "--save_strategy", "no", "--model_max_length", "1024")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -2,7 +2,7 @@
 
     python -m trainer.bench --output_dir bench/                                   # every part, ~20 min on 2 CPU cores
     python -m trainer.bench --part machine inference data --output_dir bench/     # ~4 min
-    python -m trainer.bench --part inference --model out --new_tokens 128
+    python -m trainer.bench --part inference --model out --max_new_tokens 128
     python -m trainer.bench --part inference serving --model alpaca-medis-270m --gguf out/gguf/alpaca-medis-270m-q8_0.gguf
 
 Parts (PARTS), one module each in trainer/bench/: `machine` (matmul GFLOP/s in fp32 and bf16, memory
@@ -16,7 +16,7 @@ throughput on --data_path). Each part returns a dict; its "table" (a list of row
 (trainer/bench/report.py). --output_dir DIR gets bench.json (every number) and bench.md (tables
 ready for BENCHMARKS.md, with the command and the machine). Progress goes to stderr. Numbers are
 measurements, never test asserts: other processes on the machine slow them, so each part also says
-how much CPU others used meanwhile. Torch work runs on trainer.serve.inference.TORCH_THREAD, the one
+how much CPU others used meanwhile. Torch work runs on trainer.hw.TORCH_THREAD, the one
 thread the app runs its model on (why: see there); a second thread running parallel ops would slow both.
 """
 
@@ -63,7 +63,7 @@ def run_part(name: str, args) -> dict:
     return result
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", nargs="+", choices=list(PARTS), default=list(PARTS), help="parts to run, in order")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model name or folder (inference, and the tokenizer for data)")
@@ -72,10 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_dir", "--out", dest="output_dir", default=None,
                         help="folder for bench.json and bench.md (default: print markdown only)")
     parser.add_argument("--prompt_tokens", type=int, default=200)
-    parser.add_argument("--new_tokens", type=int, default=128, help="greedy tokens per timed generation (EOS ignored)")
+    parser.add_argument("--max_new_tokens", "--new_tokens", dest="new_tokens", metavar="MAX_NEW_TOKENS", type=int, default=128,
+                        help="greedy tokens per timed generation (EOS ignored, so each makes exactly this many)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per variant; the best counts")
     parser.add_argument("--users", type=int, nargs="+", default=[1, 4, 8, 16],
-                        help="serving: concurrent users per round (each streams --new_tokens tokens)")
+                        help="serving: concurrent users per round (each streams --max_new_tokens tokens)")
     parser.add_argument("--quantize", nargs="+", choices=("none", "head", "int8"), default=["none", "head", "int8"],
                         help="inference and serving: the engines to measure besides the page's own (none = unquantized in the dtype "
                              "the page picks here, plus float32 where that is bf16; head / int8 as app.py --quantize)")
@@ -89,7 +90,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dedup_n", type=int, default=5000, help="texts for the ROUGE-L dedup timing")
     parser.add_argument("--matmul_sizes", type=int, nargs="+", default=[256, 512, 1024, 2048])
     parser.add_argument("--bandwidth_mb", type=int, default=512)
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

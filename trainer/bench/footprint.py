@@ -22,7 +22,7 @@ from pathlib import Path
 from trainer.import_graph import ROOT
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--request", required=True, help='JSON file: {"message": the user message, "prompt": its chat prompt}')
     parser.add_argument("--model", default="alpaca-medis-270m")
@@ -32,7 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gguf", default=None, help="measure llama.cpp (llama-cpp-python) on this file instead")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp's threads (default: torch's)")
     parser.add_argument("--max_new_tokens", type=int, default=32)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     request = json.loads(Path(args.request).read_text(encoding="utf-8"))
     if args.gguf:  # llama.cpp alone, as Ollama runs it: no torch in this process
         from trainer.bench.llama_cpp import greedy_run, load_llama

@@ -2,7 +2,7 @@
 for a --prompt_tokens prompt, next to the bound (memory bandwidth / weight bytes read per token) and
 the variants that might be faster.
 
-    python -m trainer.bench --part inference --model out --new_tokens 128
+    python -m trainer.bench --part inference --model out --max_new_tokens 128
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import torch
 from trainer.bench.machine import memory_bandwidth_gbs
 from trainer.bench.report import log, markdown_table
 from trainer.bench.training import BenchError
-from trainer.serve.inference import ChatModel, on_torch_thread
+from trainer.hw import on_torch_thread
+from trainer.serve.inference import ChatModel
 
 if TYPE_CHECKING:
     from transformers import BatchEncoding

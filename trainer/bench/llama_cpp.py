@@ -2,7 +2,7 @@
 its speed, against the source model in transformers.
 
     pip install llama-cpp-python        # builds llama.cpp from source: ~20 min on 2 CPU cores, so not in CI
-    python -m trainer.bench.llama_cpp --gguf out/gguf/alpaca-medis-270m-q8_0.gguf [--model alpaca-medis-270m] [--records 48]
+    python -m trainer.bench.llama_cpp --gguf out/gguf/alpaca-medis-270m-q8_0.gguf [--model alpaca-medis-270m] [--limit 48]
 
 For each held-out record (data/sample.jsonl, the demo's empty-input prompt):
 - the prompt rendered by the source's chat template, tokenized by llama.cpp (special tokens parsed) and by
@@ -10,7 +10,7 @@ For each held-out record (data/sample.jsonl, the demo's empty-input prompt):
 - llama.cpp's chat completion, whose prompt llama-cpp-python renders from the GGUF's own chat template,
   greedy with no repetition penalty, against the source model's greedy answer in fp32: equal, or the
   word where they part.
-Prints one line per record that differs and a summary, and --output_json FILE gets every number.
+Prints one line per record that differs and a summary, and --out FILE gets every number (JSON).
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "data" / "sample.jsonl"
+from trainer import ROOT
+
+DEFAULT_DATA = ROOT / "data" / "sample.jsonl"
 
 
 INSTALL_HINT = "needs llama-cpp-python: `pip install llama-cpp-python` (it builds llama.cpp, ~20 min on 2 cores)."
@@ -52,15 +54,21 @@ def greedy_run(llm, prompt: str):
     return run
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gguf", required=True)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainer.bench.llama_cpp", description=__doc__.splitlines()[0])
+    parser.add_argument("--gguf", required=True, help="the GGUF file to run (written by `python -m trainer.export`)")
     parser.add_argument("--model", default="alpaca-medis-270m", help="the source the GGUF was exported from")
     parser.add_argument("--data_path", default=str(DEFAULT_DATA))
-    parser.add_argument("--records", type=int, default=48)
-    parser.add_argument("--new_tokens", type=int, default=48)
-    parser.add_argument("--output_json", default=None)
-    args = parser.parse_args(argv)
+    parser.add_argument("--limit", "--records", dest="records", metavar="LIMIT", type=int, default=48,
+                        help="held-out records asked (default %(default)s)")
+    parser.add_argument("--max_new_tokens", "--new_tokens", dest="new_tokens", metavar="MAX_NEW_TOKENS", type=int, default=48,
+                        help="answer budget of both engines (default %(default)s)")
+    parser.add_argument("--out", "--output_json", dest="output_json", metavar="OUT", default=None, help="JSON file for every number")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
@@ -68,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch
 
-    from trainer.export import load_records
+    from trainer.export.gguf import load_records
     from trainer.models import load_model, load_tokenizer
 
     tokenizer, model = load_tokenizer(args.model), load_model(args.model).eval()

@@ -14,7 +14,7 @@ import time
 import torch
 
 from trainer.bench.report import log
-from trainer.serve.inference import on_torch_thread
+from trainer.hw import on_torch_thread
 
 
 def machine_description() -> dict:

@@ -1,6 +1,6 @@
 """Concurrent chats: N users streaming answers at once from the demo's serving path.
 
-    python -m trainer.bench --part serving [--model alpaca-medis-270m] [--users 1 4 8 16] [--new_tokens 64]
+    python -m trainer.bench --part serving [--model alpaca-medis-270m] [--users 1 4 8 16] [--max_new_tokens 64]
 
 Each user is a thread that asks one patient question (a different one per user, from data/sample.jsonl)
 through `BatchedChat.stream`, as the page and `/v1` do, and the rows report, per number of users: the
@@ -17,9 +17,10 @@ import threading
 import time
 from pathlib import Path
 
+from trainer import ROOT
 from trainer.bench.report import log
 
-QUESTIONS = Path(__file__).resolve().parents[2] / "data" / "sample.jsonl"
+QUESTIONS = ROOT / "data" / "sample.jsonl"
 
 
 def questions(n: int) -> list[str]:

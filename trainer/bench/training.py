@@ -23,7 +23,7 @@ import torch
 from trainer.bench.machine import matmul_peak_gflops
 from trainer.bench.report import log
 from trainer.run_summary import RunSummary
-from trainer.serve.inference import on_torch_thread
+from trainer.hw import on_torch_thread
 
 # name, flags (beyond the common ones), what it is
 CONFIGS = [
@@ -100,7 +100,7 @@ def a100_estimate(tokens_per_epoch: int, examples_per_epoch: int, useful_fractio
 def run_config(name, flags, args, out_dir) -> RunSummary:
     """One `python -m trainer.train` run; its train_summary.json."""
     out = os.path.join(out_dir, name.replace(" ", "_").replace(",", "").replace("+", "plus"))
-    cmd = [sys.executable, "-m", "trainer.train", "--model_name_or_path", args.model, "--data_path", args.data_path,
+    cmd = [sys.executable, "-m", "trainer.train", "--model", args.model, "--data_path", args.data_path,
            "--template", "alpaca-id", "--val_set_size", "0", "--max_steps", str(args.steps),
            "--per_device_train_batch_size", str(args.batch_size), "--model_max_length", str(args.max_length),
            "--learning_rate", "2e-5", "--logging_steps", "1", "--save_strategy", "no", "--seed", "42",

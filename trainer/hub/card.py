@@ -15,7 +15,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.models import EMBEDDED  # torch-free
+from trainer.defaults import NOT_MEDICAL_ADVICE
+from trainer.model_names import EMBEDDED
 from trainer.run_summary import ExampleCounts, RecordCounts, RunSummary  # pure Python
 
 # Names trainer.train accepts for embedded models -> the Hub ids of the releases they were converted from.
@@ -295,10 +296,7 @@ def _intro(info: CardInfo, base_label: str) -> list[str]:
            f"{_fmt(s.records.train_extra)} training-only records "
            f"({', '.join(f'`{Path(p).name}`' for p in s.extra_data_path.split(','))})."
            if s is not None and s.init_adapter and s.extra_data_path else "") + "\n",
-        "> **Not medical advice.** This model is a research artefact trained on synthetic, machine-generated "
-        "doctor–patient conversations. Its answers can be wrong, incomplete or dangerous. It is not a substitute "
-        "for a doctor: for an emergency or a serious complaint, contact a health professional. "
-        "*(Bukan pengganti dokter.)*\n",
+        f"> {NOT_MEDICAL_ADVICE}\n",
     ]
 
 

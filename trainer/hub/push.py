@@ -1,10 +1,10 @@
 """Publish a trained model folder to the Hugging Face Hub, with a generated model card.
 
-    python -m trainer.push --model_dir out --repo_id USER/NAME [--private] [--dry_run] \
+    python -m trainer.push --model out --repo_id USER/NAME [--private] [--dry_run] \
         [--datasets ID ...] [--license L] [--base_model ORG/NAME] [--commit_message M] \
         [--gguf out/gguf/NAME-q8_0.gguf ...]
 
-`--model_dir` is an output folder of `python -m trainer.train`: a full model (config.json +
+`--model` is an output folder of `python -m trainer.train`: a full model (config.json +
 *.safetensors) or a LoRA adapter (adapter_config.json + adapter_model.safetensors), next to the
 tokenizer that carries the prompt as its chat_template. Only files on an allow-list are staged in a
 temporary folder and uploaded from there, so checkpoint-*/, training_args.bin (a pickle holding
@@ -34,7 +34,7 @@ from trainer.hub.card import CardInfo, default_datasets, default_license, hub_mo
 from trainer.models import EMBEDDED, embedded_dir  # torch-free
 from trainer.run_summary import RunSummary, SummaryError  # pure Python
 
-logger = logging.getLogger("trainer.push")
+logger = logging.getLogger(__name__)
 
 # A Hugging Face access token: hf_ + 30 or more letters/digits. Any 30 of them mark a match, which
 # lets the scan read big files in chunks overlapping by the pattern's length.
@@ -471,10 +471,10 @@ def read_exports(paths: list[str]) -> list[dict]:
         gguf = Path(name)
         report_path, modelfile = gguf.with_suffix(".export.json"), gguf.with_suffix(".Modelfile")
         if gguf.suffix != ".gguf" or not gguf.is_file():
-            raise PushError(f"--gguf {name}: no such .gguf file. Make one with `python -m trainer.export --gguf {name} ...`.")
+            raise PushError(f"--gguf {name}: no such .gguf file. Make one with `python -m trainer.export --out {name} ...`.")
         if not report_path.is_file() or not modelfile.is_file():
             raise PushError(f"--gguf {name}: {report_path.name} or {modelfile.name} is missing beside it; "
-                            f"export it with `python -m trainer.export --gguf {name} ...`, which writes both.")
+                            f"export it with `python -m trainer.export --out {name} ...`, which writes both.")
         report = _read_json(report_path)
         if report.get("bytes") != gguf.stat().st_size:
             raise PushError(f"--gguf {name}: the file changed since {report_path.name} was written; export it again.")
@@ -518,12 +518,13 @@ def stage_model(folder: ModelFolder, staging: Path, args) -> dict[str, str]:
     return notes
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m trainer.push", description=__doc__.split("\n\n")[0],
         epilog="Token: $HF_TOKEN or `hf auth login`. $HF_ENDPOINT selects another Hub.",
     )
-    parser.add_argument("--model_dir", required=True, help="output folder of `python -m trainer.train`")
+    parser.add_argument("--model", "--model_dir", dest="model_dir", metavar="MODEL", required=True,
+                        help="output folder of `python -m trainer.train`")
     parser.add_argument("--repo_id", required=True, help="USER/NAME or ORG/NAME on the Hub (created if missing)")
     parser.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its visibility)")
     parser.add_argument("--dry_run", action="store_true", help="list the files that would be uploaded; no network, no token")
@@ -536,7 +537,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--output_dir", default=None,
                         help="write what would be uploaded into this folder instead (a model kept in git: adapter in "
                              "bf16, an embedded base's tokenizer left to the base); no network, no token")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def write_folder(folder: ModelFolder, staging: Path, output_dir: str) -> str:

@@ -25,7 +25,7 @@ from trainer.hub.push import PushError, check_repo_id, link_or_copy, publish, ru
 from trainer.import_graph import ROOT, module_path, reachable
 from trainer.models import SHIPPED
 
-logger = logging.getLogger("trainer.push_space")
+logger = logging.getLogger(__name__)
 
 SPACE_FILES = ("README.md", "requirements.txt", "config.yaml")
 APP = "app"  # the Space's app_file, as a module
@@ -75,8 +75,8 @@ def _front_matter_problems(front: dict) -> list[str]:
 
 def _config_problems(config: dict, front: dict) -> list[str]:
     """config.yaml: a model the Space can get (kept here, or listed in `models`), a known template, pinned remote code."""
+    from trainer.defaults import QUANTIZE_CHOICES
     from trainer.prompts import TEMPLATES
-    from trainer.serve.defaults import QUANTIZE_CHOICES
 
     problems = [f"config.yaml lacks `{key}`" for key in CONFIG_KEYS if not config.get(key)]
     if config.get("template") and config["template"] not in TEMPLATES:
@@ -180,14 +180,18 @@ def push_space(args: argparse.Namespace) -> str:
                        commit_message=message, notes=notes)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer.push_space", description=__doc__.split("\n\n")[0])
     parser.add_argument("--space", required=True, help="a Space folder, e.g. spaces/llama-2-7b")
     parser.add_argument("--repo_id", required=True, help="USER/NAME or ORG/NAME of the Space (created if missing)")
     parser.add_argument("--private", action="store_true", help="create the Space private (an existing one keeps its visibility)")
     parser.add_argument("--dry_run", action="store_true", help="list the files that would be uploaded; no network, no token")
     parser.add_argument("--commit_message", default=None)
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     return run(lambda: push_space(args), "Space upload")
 
 

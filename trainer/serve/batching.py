@@ -1,6 +1,6 @@
 """Concurrent chats share forward passes: requests that wait together are answered by one batched generate().
 
-    chat = BatchedChat.load("alpaca-medis-270m", max_batch=8, max_waiting=32)
+    chat = BatchedChat.load("alpaca-medis-270m")   # up to MAX_BATCH answers together, MAX_WAITING more waiting
     for text in chat.stream("Saya demam tiga hari.", stats=stats): ...      # from many threads at once
 
 A worker takes up to `max_batch` waiting requests with the same generation settings, left-pads their prompts
@@ -26,18 +26,22 @@ from dataclasses import dataclass, field
 
 import torch
 
+from trainer.hw import on_torch_thread
 from trainer.serve.inference import (
+    DEFAULT_NEW_TOKENS,
     BusyError,
     ChatModel,
     GenerationStats,
     last_text,
     left_padded,
-    on_torch_thread,
     sampling_options,
     visible_texts,
 )
 
 logger = logging.getLogger(__name__)
+
+MAX_BATCH = 8  # answers generated together
+MAX_WAITING = 32  # requests waiting beyond the running batch; more are refused (BusyError, HTTP 429)
 _END = None  # queued after a row's last token
 
 
@@ -125,7 +129,7 @@ class _Rows:
 class BatchedChat:
     """A ChatModel served to many readers at once (same `stream` interface, one batched generate() per batch)."""
 
-    def __init__(self, chat: ChatModel, max_batch: int = 8, max_waiting: int = 32, start: bool = True):
+    def __init__(self, chat: ChatModel, max_batch: int = MAX_BATCH, max_waiting: int = MAX_WAITING, start: bool = True):
         self.chat, self.max_batch, self.max_waiting = chat, max(1, max_batch), max(0, max_waiting)
         self.name, self.base = chat.name, chat.base
         self.settings = f"{chat.settings}, batches of up to {self.max_batch}"
@@ -149,7 +153,7 @@ class BatchedChat:
         self.worker.start()
 
     @classmethod
-    def load(cls, name: str, template: str | None = None, max_batch: int = 8, max_waiting: int = 32, **kwargs) -> BatchedChat:
+    def load(cls, name: str, template: str | None = None, max_batch: int = MAX_BATCH, max_waiting: int = MAX_WAITING, **kwargs) -> BatchedChat:
         return cls(ChatModel.load(name, template, **kwargs), max_batch, max_waiting)
 
     def __getattr__(self, attr):  # model, tokenizer, prompt, context_length, ...: the wrapped ChatModel's
@@ -165,7 +169,7 @@ class BatchedChat:
 
     # ------------------------------------------------------------------------------------- readers
 
-    def stream(self, message: str, history: list[dict] | None = None, max_new_tokens: int = 256,
+    def stream(self, message: str, history: list[dict] | None = None, max_new_tokens: int = DEFAULT_NEW_TOKENS,
                temperature: float = 0.0, top_p: float = 1.0, repetition_penalty: float = 1.0,
                stats: GenerationStats | None = None, min_new_tokens: int = 0):
         """Yield the growing answer text, as ChatModel.stream does; raises BusyError when the queue is full."""

@@ -27,15 +27,16 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
+from trainer.defaults import MAX_INPUT_CHARS
 from trainer.models import home, is_adapter, resolve
 from trainer.preferences import FEEDBACK_FIELDS, RATINGS
+from trainer.prompts import ROLES
 from trainer.serve.redflags import strip_notice
 
 logger = logging.getLogger(__name__)
 
 SETTINGS = ("max_new_tokens", "temperature", "top_p", "repetition_penalty")
-ROLES = ("system", "user", "assistant")
-MAX_CORRECTION_CHARS = 4000
+MAX_CORRECTION_CHARS = MAX_INPUT_CHARS  # a correction is an answer: as long as a question may be
 
 
 class FeedbackError(ValueError):

@@ -12,7 +12,7 @@ BENCHMARKS.md). A decoded token reads every weight once, so decoding is bound by
 - one-token decode steps skip oneDNN where ATen's own bf16 matrix-vector kernel is faster: ATen's
   reads the weights at memory bandwidth, oneDNN's (made for a prompt's matrix-matrix products) not;
 - both are decided by timing at the first load, never by CPU flags, which VMs misreport;
-- all torch work runs on one thread, TORCH_THREAD (why: at its definition), with torch's usual
+- all torch work runs on one thread, trainer.hw.TORCH_THREAD (why: at its definition), with torch's usual
   intra-op threads: a single one makes both the prompt and decoding slower;
 - int8 weights with `quantize` (trainer/serve/quantize.py): the output head alone where bf16 is fast (it keeps
   the model's greedy answers), every linear layer where it is not (3x fp32's decode speed);
@@ -26,16 +26,16 @@ from __future__ import annotations
 import argparse
 import collections
 import logging
-import os
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
 
-from trainer.hw import fast_cpu_dtype, one_token_faster_without_onednn
+from trainer import hw
+from trainer.defaults import GENERATION, MAX_INPUT_CHARS, QUANTIZE_CHOICES
+from trainer.hw import fast_cpu_dtype, on_torch_thread, one_token_faster_without_onednn
 from trainer.models import PROJECT_MODEL, ModelError, adapter_base, load_model, load_tokenizer, resolve
 from trainer.prompts import TEMPLATES, chat_template_for, get_template
 
@@ -43,12 +43,18 @@ logger = logging.getLogger(__name__)
 
 # Markers a model may produce when it starts a new turn by itself; the answer ends there.
 STOP_MARKERS = tuple(dict.fromkeys(m for t in TEMPLATES.values() for m in t.stop_markers))
-MAX_INPUT_CHARS = 4000  # one message; longer input is refused with a message, not truncated silently
 MAX_NEW_TOKENS = 1024
+DEFAULT_NEW_TOKENS = GENERATION["max_new_tokens"]  # when a caller names no answer budget
 
 
 class InputError(ValueError):
     """A request the model cannot serve as asked; the message says why, for the user to read."""
+
+
+def check_length(message: str) -> None:
+    """Refuse a message over MAX_INPUT_CHARS with a message saying so (InputError), rather than cut it silently."""
+    if len(message) > MAX_INPUT_CHARS:
+        raise InputError(f"The message has {len(message)} characters; the limit is {MAX_INPUT_CHARS}. Shorten it.")
 
 
 class BusyError(RuntimeError):
@@ -78,41 +84,6 @@ class _StopOnEvent:
 
     def __call__(self, input_ids, scores, **kwargs):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-# All torch work of the chat models (loading, generating) runs on this one thread. OpenMP gives each
-# thread that runs parallel ops its own team of workers; once two teams exist there are more threads
-# than cores, and libgomp then makes workers sleep between ops instead of spinning. So generating on a
-# new thread per answer, beside the team of the thread that loaded the model, slows decoding (by ~40 %
-# on the 2-core machine of BENCHMARKS.md).
-_torch_thread_id: list[int] = []  # set by the thread itself when it starts
-
-
-def _new_torch_thread() -> ThreadPoolExecutor:
-    _torch_thread_id.clear()
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch",
-                              initializer=lambda: _torch_thread_id.append(threading.get_ident()))
-
-
-TORCH_THREAD = _new_torch_thread()
-
-
-def _after_fork_in_child() -> None:
-    # A forked child (ZeroGPU runs each @spaces.GPU call in one) has no threads but the forking one, while
-    # the executor still counts its worker: work submitted there would wait forever. A fresh executor runs it.
-    global TORCH_THREAD
-    TORCH_THREAD = _new_torch_thread()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def on_torch_thread(fn, *args, **kwargs):
-    """fn(*args, **kwargs), run on TORCH_THREAD (benchmarks use it to time torch work as the app runs it).
-    Called from TORCH_THREAD itself it runs fn directly: waiting on its own queue would deadlock."""
-    if threading.get_ident() in _torch_thread_id:
-        return fn(*args, **kwargs)
-    return TORCH_THREAD.submit(fn, *args, **kwargs).result()
 
 
 class _OneTokenStepsWithoutOneDNN:
@@ -145,7 +116,6 @@ def _contiguous_input(module, args):
 
 def _quantize_choice(quantize: str, on_cpu: bool, dtype: torch.dtype | None) -> tuple[str, torch.dtype | None, str]:
     """(what goes int8: "none", "head" or "int8" = every linear layer, the dtype of the rest, why) for --quantize."""
-    from trainer.serve.defaults import QUANTIZE_CHOICES
     from trainer.serve.quantize import int8_faster_here
 
     if quantize not in QUANTIZE_CHOICES:
@@ -255,12 +225,11 @@ class ChatModel:
         """Bounded by the server limit and by half the context, so a prompt always has room."""
         return max(1, min(int(max_new_tokens), MAX_NEW_TOKENS, self.context_length // 2))
 
-    def prompt(self, message: str, history: list[dict] | None = None, max_new_tokens: int = 256) -> tuple[str, int, int]:
+    def prompt(self, message: str, history: list[dict] | None = None, max_new_tokens: int = DEFAULT_NEW_TOKENS) -> tuple[str, int, int]:
         """(prompt text, its token count, history turns dropped) so that prompt + answer fit the context.
 
         The oldest user/assistant turns go first; a system message stays."""
-        if len(message) > MAX_INPUT_CHARS:
-            raise InputError(f"The message has {len(message)} characters; the limit is {MAX_INPUT_CHARS}. Shorten it.")
+        check_length(message)
         history = list(history or [])
         system = [m for m in history[:1] if m["role"] == "system"]
         turns = history[len(system):]
@@ -280,7 +249,7 @@ class ChatModel:
             turns = turns[2:] if len(turns) >= 2 else []  # one user/assistant pair at a time
             dropped += 1
 
-    def stream(self, message: str, history: list[dict] | None = None, max_new_tokens: int = 256,
+    def stream(self, message: str, history: list[dict] | None = None, max_new_tokens: int = DEFAULT_NEW_TOKENS,
                temperature: float = 0.0, top_p: float = 1.0, repetition_penalty: float = 1.0,
                stats: GenerationStats | None = None):
         """Yield the growing answer text. temperature 0 = greedy. Closing the generator stops generation.
@@ -320,7 +289,7 @@ class ChatModel:
     def answer(self, message: str, history: list[dict] | None = None, **kwargs) -> str:
         return last_text(self.stream(message, history, **kwargs))
 
-    def answer_batch(self, conversations: list[list[dict]], max_new_tokens: int = 256) -> list[tuple[str, str]]:
+    def answer_batch(self, conversations: list[list[dict]], max_new_tokens: int = DEFAULT_NEW_TOKENS) -> list[tuple[str, str]]:
         """Greedy answers to several conversations (each ends with a user message) in one generate() call,
         left-padded: (text, finish) per conversation, finish being "eos", "marker" or "length". For
         evaluation, where a batch decodes several times faster than one answer after another; the
@@ -349,7 +318,7 @@ class ChatModel:
 
 
 class _Generation:
-    """One streamed generate() call: run on TORCH_THREAD, read as text by the caller while it runs."""
+    """One streamed generate() call: run on hw.TORCH_THREAD, read as text by the caller while it runs."""
 
     def __init__(self, model: torch.nn.Module, tokenizer, inputs, options: dict):
         from transformers import StoppingCriteriaList, TextIteratorStreamer
@@ -370,7 +339,7 @@ class _Generation:
 
     def start(self) -> None:
         self.started = time.perf_counter()
-        self.future = TORCH_THREAD.submit(self._run)
+        self.future = hw.TORCH_THREAD.submit(self._run)
 
     def _run(self) -> None:
         try:
@@ -461,13 +430,17 @@ def _cut_at_marker(text: str) -> str | None:
     return text[: min(positions)].rstrip() if positions else None
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Answer one question with a chat model.")
     parser.add_argument("question")
     parser.add_argument("--model", default=PROJECT_MODEL)
     parser.add_argument("--template", choices=list(TEMPLATES), default=None)
-    parser.add_argument("--max_new_tokens", type=int, default=256)
-    args = parser.parse_args(argv)
+    parser.add_argument("--max_new_tokens", type=int, default=DEFAULT_NEW_TOKENS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         chat = ChatModel.load(args.model, args.template)
         print(chat.answer(args.question, max_new_tokens=args.max_new_tokens))

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect
 
 from trainer.serve.inference import (
+    DEFAULT_NEW_TOKENS,
     MAX_INPUT_CHARS,
     MAX_NEW_TOKENS,
     BusyError,
@@ -51,7 +52,7 @@ from trainer.serve.inference import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_TOKENS = 256
+DEFAULT_MAX_TOKENS = DEFAULT_NEW_TOKENS  # max_tokens when a request names none
 MAX_BODY_BYTES = 4 * 1024 * 1024  # far above any conversation the model's context can hold
 # History is cut from the oldest to this many messages and to this many characters per context token
 # before the prompt is built: more would never fit the context, and building the prompt tokenizes the

@@ -336,10 +336,15 @@ def strip_notice(answer: str) -> str:
     return answer
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("message", nargs="?", help="a message to check")
     parser.add_argument("--data_path", help="Alpaca records (JSON Lines or array): count the patient messages flagged")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.data_path:
         from collections import Counter

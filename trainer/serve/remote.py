@@ -31,11 +31,12 @@ import time
 import openai
 
 from trainer.serve.inference import (
-    MAX_INPUT_CHARS,
+    DEFAULT_NEW_TOKENS,
     MAX_NEW_TOKENS,
     BusyError,
     GenerationStats,
     InputError,
+    check_length,
     last_text,
     visible_texts,
 )
@@ -96,7 +97,7 @@ class RemoteChat:
         with self._errors():
             return [m.id for m in self.client.models.list()]
 
-    def stream(self, message: str, history: list[dict] | None = None, max_new_tokens: int = 256,
+    def stream(self, message: str, history: list[dict] | None = None, max_new_tokens: int = DEFAULT_NEW_TOKENS,
                temperature: float = 0.0, top_p: float = 1.0, repetition_penalty: float = 1.0,
                stats: GenerationStats | None = None):
         """Yield the growing answer text, as ChatModel.stream. Closing the generator closes the HTTP stream,
@@ -106,8 +107,7 @@ class RemoteChat:
         end of a stream read to its end); for an answer cut short, new_tokens counts the text chunks received
         (a token each on vLLM and transformers serve, unless the server fell behind and joined some) and
         prompt_tokens is 0: unknown. History is never cut here: a prompt too long for the server is its 400."""
-        if len(message) > MAX_INPUT_CHARS:
-            raise InputError(f"The message has {len(message)} characters; the limit is {MAX_INPUT_CHARS}. Shorten it.")
+        check_length(message)
         messages = [{"role": m["role"], "content": m["content"]} for m in history or []]
         messages.append({"role": "user", "content": message})
         max_new_tokens = max(1, min(int(max_new_tokens), MAX_NEW_TOKENS))

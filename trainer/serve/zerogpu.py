@@ -12,6 +12,8 @@ import importlib
 import importlib.util
 import logging
 
+from trainer.defaults import GENERATION
+
 logger = logging.getLogger(__name__)
 
 # Seconds asked per call: loading a turn onto the GPU, then the answer at a pessimistic decode speed for a 7B model
@@ -33,7 +35,7 @@ def seconds_for(max_new_tokens) -> int:
     try:
         tokens = max(int(max_new_tokens), 1)
     except (TypeError, ValueError):
-        tokens = 256
+        tokens = GENERATION["max_new_tokens"]
     return int(min(BASE_SECONDS + tokens * SECONDS_PER_TOKEN, MAX_SECONDS))
 
 
@@ -47,7 +49,8 @@ def gpu(fn, max_new_tokens_arg: int):
     spaces = importlib.import_module("spaces")
 
     def duration(*args, **kwargs) -> int:
-        return seconds_for(kwargs.get("max_new_tokens", args[max_new_tokens_arg] if len(args) > max_new_tokens_arg else 256))
+        return seconds_for(kwargs.get("max_new_tokens", args[max_new_tokens_arg] if len(args) > max_new_tokens_arg
+                                                           else GENERATION["max_new_tokens"]))
 
     logger.info("ZeroGPU: answers run under @spaces.GPU (%d-%d s per answer)", seconds_for(1), MAX_SECONDS)
     return spaces.GPU(duration=duration)(fn)

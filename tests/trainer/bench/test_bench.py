@@ -9,7 +9,7 @@ from trainer.bench import inference as bench_inference
 from trainer.bench import report as bench_report
 from trainer.import_graph import ROOT
 
-TINY = ["--prompt_tokens", "80", "--new_tokens", "6", "--repeats", "1", "--no-compile",
+TINY = ["--prompt_tokens", "80", "--max_new_tokens", "6", "--repeats", "1", "--no-compile",
         "--matmul_sizes", "64", "128", "--bandwidth_mb", "16", "--dedup_n", "100"]
 
 

@@ -221,7 +221,7 @@ def assert_clean(result: subprocess.CompletedProcess, *files: dict[str, bytes]) 
 
 
 def train(tiny_llama, out: Path, *extra) -> Path:
-    result = run_module("trainer.train", "--model_name_or_path", tiny_llama, "--data_path", SAMPLE, "--output_dir", out,
+    result = run_module("trainer.train", "--model", tiny_llama, "--data_path", SAMPLE, "--output_dir", out,
                         "--max_steps", "2", "--save_strategy", "no", "--model_max_length", "1024", *extra)
     assert result.returncode == 0, result.stderr[-3000:]
     return out
@@ -260,7 +260,7 @@ def pushed_full(full_dir, tmp_path_factory):
     (folder / "notes.txt").write_text("local notes\n")
     home = tmp_path_factory.mktemp("hf-home")
     with serve_hub() as hub:
-        result = cli("trainer.push", "--model_dir", folder, "--repo_id", "alpaca-medis/tiny-medis-id",
+        result = cli("trainer.push", "--model", folder, "--repo_id", "alpaca-medis/tiny-medis-id",
                      env=hub_env(hub, home))
         yield hub, result, folder
 
@@ -382,7 +382,7 @@ def test_adapter_names_its_base_by_hub_id(lora_dir, hub, tmp_path):
         data = json.loads((folder / name).read_text())
         data[key] = "smollm2-135m"
         (folder / name).write_text(json.dumps(data))
-    result = cli("trainer.push", "--model_dir", folder, "--repo_id", "me/tiny-lora", "--private",
+    result = cli("trainer.push", "--model", folder, "--repo_id", "me/tiny-lora", "--private",
                  "--datasets", "GenMedGPT-5k-id", env=hub_env(hub, tmp_path / "home"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == f"{hub.url}/me/tiny-lora"
@@ -405,18 +405,18 @@ def test_adapter_names_its_base_by_hub_id(lora_dir, hub, tmp_path):
 
 
 def test_adapter_with_a_local_base_needs_base_model(lora_dir, hub, tmp_path):
-    result = cli("trainer.push", "--model_dir", lora_dir, "--repo_id", "me/tiny-lora", env=hub_env(hub, tmp_path))
+    result = cli("trainer.push", "--model", lora_dir, "--repo_id", "me/tiny-lora", env=hub_env(hub, tmp_path))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "not a Hub id" in result.stderr and "--base_model ORG/NAME" in result.stderr
     assert hub.requests == []
-    result = cli("trainer.push", "--model_dir", lora_dir, "--repo_id", "me/tiny-lora", "--base_model", "org/tiny-base",
+    result = cli("trainer.push", "--model", lora_dir, "--repo_id", "me/tiny-lora", "--base_model", "org/tiny-base",
                  env=hub_env(hub, tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(hub.files("me/tiny-lora")["adapter_config.json"])["base_model_name_or_path"] == "org/tiny-base"
 
 
 def test_dry_run_lists_the_files_without_network_or_token(full_dir, hub, tmp_path):
-    result = cli("trainer.push", "--model_dir", full_dir, "--repo_id", "me/tiny", "--dry_run",
+    result = cli("trainer.push", "--model", full_dir, "--repo_id", "me/tiny", "--dry_run",
                  env=hub_env(hub, tmp_path, token=None))
     assert result.returncode == 0, result.stderr[-3000:]
     assert hub.requests == []
@@ -430,7 +430,7 @@ def test_dry_run_lists_the_files_without_network_or_token(full_dir, hub, tmp_pat
 
 
 def test_no_token_exits_2_with_what_to_do(full_dir, hub, tmp_path):
-    result = cli("trainer.push", "--model_dir", full_dir, "--repo_id", "me/tiny", env=hub_env(hub, tmp_path, token=None))
+    result = cli("trainer.push", "--model", full_dir, "--repo_id", "me/tiny", env=hub_env(hub, tmp_path, token=None))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "no Hugging Face token" in result.stderr and "HF_TOKEN" in result.stderr and "hf auth login" in result.stderr
     assert hub.requests == []
@@ -440,7 +440,7 @@ def test_login_cache_token_is_used(full_dir, hub, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     (home / "token").write_text(TOKEN)  # where `hf auth login` keeps it
-    result = cli("trainer.push", "--model_dir", full_dir, "--repo_id", "me/cached", env=hub_env(hub, home, token=None))
+    result = cli("trainer.push", "--model", full_dir, "--repo_id", "me/cached", env=hub_env(hub, home, token=None))
     assert result.returncode == 0, result.stderr[-3000:]
     assert all(r["headers"]["authorization"] == f"Bearer {TOKEN}" for r in hub.requests if r["method"] == "POST")
     assert_clean(result, hub.files("me/cached"))
@@ -457,7 +457,7 @@ def test_token_guard_refuses_a_planted_token(full_dir, hub, tmp_path, where):
     else:  # lands in the generated card only
         extra = ["--datasets", planted]
     for flags in ([], ["--dry_run"]):
-        result = cli("trainer.push", "--model_dir", folder, "--repo_id", "me/tiny", *flags, *extra,
+        result = cli("trainer.push", "--model", folder, "--repo_id", "me/tiny", *flags, *extra,
                      env=hub_env(hub, tmp_path / "home"))
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert f"refusing to upload: {where}" in result.stderr and "Nothing was uploaded" in result.stderr
@@ -477,7 +477,7 @@ def test_unreadable_summary_exits_2_naming_the_file_and_the_fix(full_dir, hub, t
     }[case]
     path.write_text(text)
     for flags in ([], ["--dry_run"]):
-        result = cli("trainer.push", "--model_dir", folder, "--repo_id", "me/tiny", *flags, env=hub_env(hub, tmp_path / "home"))
+        result = cli("trainer.push", "--model", folder, "--repo_id", "me/tiny", *flags, env=hub_env(hub, tmp_path / "home"))
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert f"error: {path}: " in result.stderr and expected in result.stderr, result.stderr
         assert hub.requests == []
@@ -487,7 +487,7 @@ def test_env_token_in_a_file_is_refused_even_when_not_hf_shaped(full_dir, hub, t
     token = "custom-endpoint-token-" + secrets.token_hex(8)
     folder = copy_of(full_dir, tmp_path)
     (folder / "eval.md").write_text(f"ran with {token}\n")
-    result = cli("trainer.push", "--model_dir", folder, "--repo_id", "me/tiny", env=hub_env(hub, tmp_path, token=token))
+    result = cli("trainer.push", "--model", folder, "--repo_id", "me/tiny", env=hub_env(hub, tmp_path, token=token))
     assert result.returncode == 2 and "refusing to upload: eval.md" in result.stderr
     assert token not in result.stderr and hub.requests == []
 
@@ -509,12 +509,12 @@ def test_missing_pieces_name_the_folder_the_file_and_the_fix(full_dir, lora_dir,
     cases[empty] = "config.json + model.safetensors"
     cases[tmp_path / "nowhere"] = "no such folder"
     for folder, missing in cases.items():
-        result = cli("trainer.push", "--model_dir", folder, "--repo_id", "me/tiny", "--dry_run", env=env)
+        result = cli("trainer.push", "--model", folder, "--repo_id", "me/tiny", "--dry_run", env=env)
         assert result.returncode == 2, (folder, result.stderr)
         assert "Traceback" not in result.stderr
         assert str(folder) in result.stderr and missing in result.stderr, result.stderr
         assert "python -m trainer.train" in result.stderr
-    result = cli("trainer.push", "--model_dir", full_dir, "--repo_id", "no-namespace", "--dry_run", env=env)
+    result = cli("trainer.push", "--model", full_dir, "--repo_id", "no-namespace", "--dry_run", env=env)
     assert result.returncode == 2 and "USER/NAME" in result.stderr
     assert hub.requests == []
 
@@ -528,7 +528,7 @@ def test_remote_code_named_by_auto_map_is_uploaded(full_dir, hub, tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "modeling_custom.py").write_text("class CustomForCausalLM: ...\n")
     (folder / "helper.py").write_text("# not named by auto_map\n")
-    result = cli("trainer.push", "--model_dir", folder, "--repo_id", "me/custom", env=hub_env(hub, tmp_path / "home"))
+    result = cli("trainer.push", "--model", folder, "--repo_id", "me/custom", env=hub_env(hub, tmp_path / "home"))
     assert result.returncode == 0, result.stderr[-3000:]
     files = hub.files("me/custom")
     assert set(files) == FULL_UPLOAD | {"modeling_custom.py"}
@@ -540,14 +540,14 @@ def test_remote_code_named_by_auto_map_is_uploaded(full_dir, hub, tmp_path):
 def test_existing_repo_is_updated(full_dir, hub, tmp_path):
     env = hub_env(hub, tmp_path)
     for message in ("first", "second"):
-        result = cli("trainer.push", "--model_dir", full_dir, "--repo_id", "me/again", "--commit_message", message, env=env)
+        result = cli("trainer.push", "--model", full_dir, "--repo_id", "me/again", "--commit_message", message, env=env)
         assert result.returncode == 0, result.stderr[-3000:]
     assert [c["summary"] for c in hub.repos[("model", "me/again")]["commits"]] == ["first", "second"]
     assert [r["status"] for r in hub.requests if r["path"] == "/api/repos/create"] == [200, 409]
 
 
 def test_hub_errors_exit_1_with_a_hint(full_dir, tmp_path):
-    result = cli("trainer.push", "--model_dir", full_dir, "--repo_id", "me/tiny", env=hub_env(None, tmp_path))
+    result = cli("trainer.push", "--model", full_dir, "--repo_id", "me/tiny", env=hub_env(None, tmp_path))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "could not reach http://127.0.0.1:9" in result.stderr and "HF_ENDPOINT" in result.stderr
     assert_clean(result)
@@ -564,7 +564,7 @@ def test_evaluation_from_trainer_evaluate_goes_into_the_card_without_local_paths
                          tuned: {"input": metrics, "empty": dict(metrics, loss=2.75, eos_share=0.8)}}, "samples": []}
     (folder / "eval.json").write_text(json.dumps(report))
     (folder / "eval.md").write_text(f"| `{base}` | 4.0 |\n| `{tuned}` | 2.5 |\n")
-    result = cli("trainer.push", "--model_dir", folder, "--repo_id", "me/evaluated", env=hub_env(hub, tmp_path / "home"))
+    result = cli("trainer.push", "--model", folder, "--repo_id", "me/evaluated", env=hub_env(hub, tmp_path / "home"))
     assert result.returncode == 0, result.stderr[-3000:]
     files = hub.files("me/evaluated")
     for name in ("eval.json", "eval.md", "README.md"):
@@ -592,7 +592,7 @@ def test_output_dir_writes_a_compact_adapter_that_publishes_with_its_base_tokeni
     base = Path(shutil.copytree(tiny_llama, home / "models" / "smollm2-135m"))  # only its tokenizer files are read
     env = dict(hub_env(hub, tmp_path / "home"), ALPACA_MEDIS_HOME=str(home))
     out = tmp_path / "shipped"
-    result = cli("trainer.push", "--model_dir", folder, "--repo_id", "alpaca-medis/tiny", "--output_dir", out, env=env)
+    result = cli("trainer.push", "--model", folder, "--repo_id", "alpaca-medis/tiny", "--output_dir", out, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert hub.requests == [] and f"wrote {out}" in result.stderr
     assert {p.name for p in out.iterdir()} == {"README.md", "adapter_config.json", "adapter_model.safetensors",
@@ -606,7 +606,7 @@ def test_output_dir_writes_a_compact_adapter_that_publishes_with_its_base_tokeni
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "de-quantized from the SmolLM2" in card
     assert (out / "chat_template.jinja").read_bytes() == (folder / "chat_template.jinja").read_bytes()
 
-    result = cli("trainer.push", "--model_dir", out, "--repo_id", "me/tiny", env=env)
+    result = cli("trainer.push", "--model", out, "--repo_id", "me/tiny", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     files = hub.files("me/tiny")
     assert files["tokenizer.json"] == (base / "tokenizer.json").read_bytes()
@@ -622,7 +622,7 @@ def fake_export(folder: Path, check: dict) -> Path:
     gguf = folder / "m-q8_0.gguf"
     gguf.write_bytes(b"GGUF" + bytes(60))
     gguf.with_suffix(".Modelfile").write_text("FROM ./m-q8_0.gguf\n")
-    from trainer.export_check import check_passed
+    from trainer.export.check import check_passed
 
     report = {"gguf": gguf.name, "outtype": "q8_0", "bytes": gguf.stat().st_size, "modelfile": "m-q8_0.Modelfile", "check": check,
               "problems": check_passed(check), "ollama": {"template": "{{ .Content }}", "params": {"stop": ["### Instruksi"]}}}
@@ -648,7 +648,7 @@ def test_gguf_without_a_passed_export_is_refused(full_dir, hub, tmp_path, case, 
         gguf.write_bytes(b"GGUF" + bytes(61))
     elif case == "not gguf":
         gguf = gguf.with_suffix(".bin")
-    result = cli("trainer.push", "--model_dir", full_dir, "--repo_id", "alpaca-medis/g", "--gguf", gguf, env=hub_env(hub, tmp_path))
+    result = cli("trainer.push", "--model", full_dir, "--repo_id", "alpaca-medis/g", "--gguf", gguf, env=hub_env(hub, tmp_path))
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert ("model", "alpaca-medis/g") not in hub.repos
 
@@ -668,10 +668,10 @@ def test_push_gguf_uploads_the_export_with_ollama_files_and_a_card_section(hub, 
     tokenizer.save_pretrained(base)
     model = train(base, tmp_path / "out", "--template", "alpaca-id")
     gguf = tmp_path / "gguf" / "tiny-medis-id-q8_0.gguf"
-    export = run_module("trainer.export", "--model_dir", model, "--gguf", gguf, "--outtype", "q8_0", "--verify_records", "2",
+    export = run_module("trainer.export", "--model", model, "--out", gguf, "--outtype", "q8_0", "--limit", "2",
                         "--min_agreement", "0.5")  # an untrained model's top tokens are near ties
     assert export.returncode == 0, export.stderr[-3000:]
-    result = cli("trainer.push", "--model_dir", model, "--repo_id", "alpaca-medis/tiny-medis-id", "--gguf", gguf,
+    result = cli("trainer.push", "--model", model, "--repo_id", "alpaca-medis/tiny-medis-id", "--gguf", gguf,
                  env=hub_env(hub, tmp_path / "home"))
     assert result.returncode == 0, result.stderr[-3000:]
     files = hub.files("alpaca-medis/tiny-medis-id")

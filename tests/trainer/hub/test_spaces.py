@@ -151,6 +151,21 @@ def test_space_folder_is_a_valid_space(name, tmp_path):
     assert "python -m trainer.push " in body
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "spaces").iterdir() if p.is_dir()))
+def test_a_space_restates_its_defaults_and_warning_as_their_one_home_has_them(name):
+    """config.yaml's generation defaults and README.md's warning are copies (a Space folder is deployed as it is):
+    the page's defaults for the project's model, alpaca-lora's sampling for the fine-tuned 7B / 1.7B models."""
+    from trainer.defaults import ALPACA_LORA_SAMPLING, GENERATION, NOT_MEDICAL_ADVICE
+    from trainer.model_names import PROJECT_MODEL
+
+    config = yaml.safe_load((ROOT / "spaces" / name / "config.yaml").read_text())
+    expected = GENERATION if config["model"] == PROJECT_MODEL else ALPACA_LORA_SAMPLING
+    assert {key: config[key] for key in GENERATION} == expected
+    readme = (ROOT / "spaces" / name / "README.md").read_text()
+    quoted = " ".join(line.removeprefix("> ") for line in readme.splitlines() if line.startswith("> "))
+    assert NOT_MEDICAL_ADVICE in quoted
+
+
 def test_invalid_space_folder_lists_every_problem(tmp_path):
     from trainer.hub.push import PushError
     from trainer.hub.spaces import validate_space

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from trainer.hw import fast_cpu_dtype
+from trainer.hw import fast_cpu_dtype, on_torch_thread
 from trainer.serve.inference import (
     MAX_INPUT_CHARS,
     STOP_MARKERS,
@@ -14,7 +14,6 @@ from trainer.serve.inference import (
     _contiguous_input,
     _cut_at_marker,
     _without_marker_start,
-    on_torch_thread,
 )
 
 
@@ -149,7 +148,7 @@ def test_a_stream_says_why_it_ended_and_raises_what_generate_raised(tiny_llama):
 
 
 def test_torch_thread_work_can_nest_without_deadlock():
-    from trainer.serve.inference import TORCH_THREAD
+    from trainer.hw import TORCH_THREAD
 
     def outer():
         return threading.get_ident(), on_torch_thread(threading.get_ident)

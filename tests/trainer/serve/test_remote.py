@@ -179,9 +179,10 @@ def test_closing_the_stream_stops_the_remote_generation(remote):
 def test_the_page_chats_through_the_backend(front, remote):
     expected = remote.answer(QUESTION, max_new_tokens=24, **GREEDY)
     assert Client(front, verbose=False).predict(QUESTION, 24, 0.0, 1.0, 1.0, api_name="/chat") == expected
-    # The page's defaults: repetition_penalty 1.1, which transformers serve takes in generation_config.
+    # The page's defaults (filled in by gradio_client from /ask's documented signature; /chat is undocumented so
+    # that it is no MCP tool): repetition_penalty 1.1, which transformers serve takes in generation_config.
     defaults = remote.answer(QUESTION, max_new_tokens=24, temperature=0.0, top_p=0.9, repetition_penalty=1.1)
-    assert Client(front, verbose=False).predict(QUESTION, api_name="/chat") == defaults
+    assert Client(front, verbose=False).predict(QUESTION, api_name="/ask") == defaults
     import httpx
 
     assert f"alpaca-medis · {remote.name}" in httpx.get(f"{front}/config").text

@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from trainer.gotemplate import GoTemplateError, ollama_messages, render
+from trainer.export.gotemplate import GoTemplateError, ollama_messages, render
 from trainer.prompts import TEMPLATES
 
 MESSAGES = [{"role": "system", "content": "S"}, {"role": "user", "content": "U1"}, {"role": "assistant", "content": "A1"},

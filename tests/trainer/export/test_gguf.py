@@ -18,10 +18,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import ROOT, build_model, run_module
 from trainer import models
-from trainer.export import SUPPORTED, ollama_files
-from trainer.gotemplate import ollama_messages, render
+from trainer.defaults import GENERATION
+from trainer.export.gguf import SUPPORTED, ollama_files
+from trainer.export.gotemplate import ollama_messages, render
 from trainer.prompts import get_template
-from trainer.serve.defaults import GENERATION
 
 CASES = [
     [{"role": "user", "content": "Apa gejala demam berdarah?"}],
@@ -76,7 +76,7 @@ def test_modelfile_renders_the_training_prompt_and_carries_the_demo_defaults():
 ])
 def test_unsupported_architecture_is_a_clear_error(tmp_path, architecture, message):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": [architecture]}))
-    result = run_module("trainer.export", "--model_dir", tmp_path, "--gguf", tmp_path / "x.gguf", "--template", "alpaca-id")
+    result = run_module("trainer.export", "--model", tmp_path, "--out", tmp_path / "x.gguf", "--template", "alpaca-id")
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     if architecture != "InternLMForCausalLM":
         assert all(name in result.stderr for name in SUPPORTED)
@@ -85,7 +85,7 @@ def test_unsupported_architecture_is_a_clear_error(tmp_path, architecture, messa
 
 def test_adapter_without_its_base_is_a_clear_error(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "gone"), "peft_type": "LORA"}))
-    result = run_module("trainer.export", "--model_dir", tmp_path, "--gguf", tmp_path / "x.gguf")
+    result = run_module("trainer.export", "--model", tmp_path, "--out", tmp_path / "x.gguf")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"needs its base model '{tmp_path / 'gone'}'" in result.stderr and "--base_model" in result.stderr
 
@@ -93,12 +93,12 @@ def test_adapter_without_its_base_is_a_clear_error(tmp_path):
 def test_gemma_with_another_layer_layout_is_refused(tiny_gemma, tmp_path):
     """llama.cpp has no field for Gemma 3's layer types: it assumes every sixth layer is global. The tiny
     fixture's [sliding, full] would convert, load, and answer wrongly (measured: 12 % greedy agreement)."""
-    result = run_module("trainer.export", "--model_dir", tiny_gemma, "--gguf", tmp_path / "g.gguf", "--template", "alpaca-id")
+    result = run_module("trainer.export", "--model", tiny_gemma, "--out", tmp_path / "g.gguf", "--template", "alpaca-id")
     assert result.returncode == 2 and "every sixth layer global" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_output_must_be_a_gguf_file(tmp_path, tiny_llama):
-    result = run_module("trainer.export", "--model_dir", tiny_llama, "--gguf", tmp_path / "x.bin", "--template", "alpaca-id")
+    result = run_module("trainer.export", "--model", tiny_llama, "--out", tmp_path / "x.bin", "--template", "alpaca-id")
     assert result.returncode == 2 and "must end in .gguf" in result.stderr
 
 
@@ -106,7 +106,7 @@ def test_output_must_be_a_gguf_file(tmp_path, tiny_llama):
 
 @pytest.fixture(scope="module")
 def smol_tokenizer():
-    return AutoTokenizer.from_pretrained(models.prepare_embedded("smollm2-135m"))  # ~30 s once per machine
+    return AutoTokenizer.from_pretrained(models.prepare_embedded("smollm2-135m"))  # converted once per machine
 
 
 def tiny_with(tokenizer, kind: str, path: Path) -> Path:
@@ -118,7 +118,7 @@ def tiny_with(tokenizer, kind: str, path: Path) -> Path:
 
 
 def export(model_dir: Path, out: Path | str, outtype: str, *extra: str) -> dict:
-    result = run_module("trainer.export", "--model_dir", model_dir, "--gguf", out, "--outtype", outtype, *extra)
+    result = run_module("trainer.export", "--model", model_dir, "--out", out, "--outtype", outtype, *extra)
     assert result.returncode == 0, result.stdout + result.stderr
     return json.loads((ROOT / out).with_suffix(".export.json").read_text())
 
@@ -146,13 +146,14 @@ def reloaded_logits(out: Path, ids: list[int]) -> torch.Tensor:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["llama", "gpt2"])
-@pytest.mark.parametrize("outtype", ["f16", "q8_0"])
+# Each architecture and each output type once (not every pair: a conversion and its check cost ~35 s here, and the
+# suite keeps to its 15 minutes); `make gguf` exports the shipped model in both types (BENCHMARKS.md).
+@pytest.mark.parametrize("kind, outtype", [("llama", "q8_0"), ("gpt2", "f16")])
 def test_tiny_models_export_and_reload(tmp_path, smol_tokenizer, kind, outtype):
     source = tiny_with(smol_tokenizer, kind, tmp_path / "model")
     out = tmp_path / "gguf" / f"{kind}-{outtype}.gguf"
     relative = os.path.relpath(out, ROOT)  # the CLI runs from the repo root, the converter from its own folder
-    report = export(source, relative, outtype, "--template", "alpaca-id", "--min_agreement", "0.9", "--verify_records", "6")
+    report = export(source, relative, outtype, "--template", "alpaca-id", "--min_agreement", "0.9", "--limit", "6")
     check = report["check"]
     assert report["architecture"] == {"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel"}[kind]
     assert check["gguf_chat_template_renders_training_prompt"] and check["modelfile_template_renders_training_prompt"]
@@ -193,7 +194,7 @@ def test_lora_adapter_is_merged_before_conversion(tmp_path, smol_tokenizer):
     peft.save_pretrained(tmp_path / "adapter")
     smol_tokenizer.save_pretrained(tmp_path / "adapter")
     out = tmp_path / "adapter.gguf"
-    report = export(tmp_path / "adapter", out, "f16", "--template", "alpaca-id", "--verify_records", "4")
+    report = export(tmp_path / "adapter", out, "f16", "--template", "alpaca-id", "--limit", "4")
     assert report["base"] == "base" and report["seconds"]["merge"] > 0  # the base by name: the report is uploaded
     ids = smol_tokenizer("Saya batuk berdahak.")["input_ids"]
     with torch.no_grad():
@@ -221,7 +222,7 @@ def test_gemma_vocabulary_matches_the_original_gguf(tmp_path):
     Gemma3ForCausalLM(config).save_pretrained(source)
     tokenizer.save_pretrained(source)
     out = tmp_path / "gemma-f16.gguf"
-    report = export(source, out, "f16", "--template", "alpaca-id", "--verify_records", "4")
+    report = export(source, out, "f16", "--template", "alpaca-id", "--limit", "4")
     assert report["check"]["token_id_mismatches"] == 0 and report["check"]["greedy_agreement"] >= 0.99
     ours = gguf_fields(out)
     spec = models.EMBEDDED["gemma3-270m"]

