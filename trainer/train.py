@@ -435,6 +435,27 @@ def use_packing(model) -> None:
     logger.info("packing: one row per batch, attention %s (examples isolated: max logit difference %.1e)", name, diff)
 
 
+def fit(trainer, has_eval: bool, resume: str | None) -> float:
+    """Train (SFT's Trainer or TRL's) with our progress lines, evaluated before the first step and after the last;
+    returns the wall time, training plus its evaluations."""
+    if trainer.pop_callback(ProgressCallback) is not None:  # absent with --disable_tqdm
+        trainer.add_callback(QuietProgress)
+    # The eval curve starts before the first step (train() resets the log, so not a separate evaluate()).
+    trainer.args.eval_on_start = has_eval and not resume
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume)
+    last_eval = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
+    if has_eval and (last_eval is None or last_eval["step"] != trainer.state.global_step):
+        trainer.evaluate()
+    return time.perf_counter() - start
+
+
+def loss_curves(history: list[dict]) -> tuple[list, list]:
+    """(step, train loss) and (step, eval loss) pairs of a Trainer's log history."""
+    return ([(h["step"], h["loss"]) for h in history if "loss" in h],
+            [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h])
+
+
 def train_with_trainer(model, tokenizer, examples, training_args) -> tuple[fsdp_lib.RunResult, Trainer]:
     """One process or DDP: the Hugging Face Trainer."""
     trainer = CountingTrainer(
@@ -449,18 +470,7 @@ def train_with_trainer(model, tokenizer, examples, training_args) -> tuple[fsdp_
         learned_logits_only=training_args.learned_logits_only,
     )
     trainer.add_callback(StepRecorder(trainer))
-    if trainer.pop_callback(ProgressCallback) is not None:  # absent with --disable_tqdm
-        trainer.add_callback(QuietProgress)
-    resume = training_args.resume_from_checkpoint
-    has_eval = bool(examples["val"])
-    # The eval curve starts before the first step (train() resets the log, so not a separate evaluate()).
-    trainer.args.eval_on_start = has_eval and not resume
-    start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume)
-    last_eval = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
-    if has_eval and (last_eval is None or last_eval["step"] != trainer.state.global_step):
-        trainer.evaluate()
-    wall = time.perf_counter() - start  # training plus its evaluations
+    wall = fit(trainer, has_eval=bool(examples["val"]), resume=training_args.resume_from_checkpoint)
     steps, local = trainer.steps, [fsdp_lib.local_numel(model)]
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         steps = fsdp_lib.sum_steps(steps)
@@ -487,9 +497,7 @@ def save(model, trainer, tokenizer, model_args, data_args, training_args, counts
     if process_rank(training_args) != 0:
         return None
     tokenizer.save_pretrained(out)
-    history = result.log_history
-    train_losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
-    eval_losses = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    train_losses, eval_losses = loss_curves(result.log_history)
     summary = RunSummary(
         model=model_args.model,
         template=model_args.template,
@@ -578,15 +586,7 @@ def train_preferences(model_args, data_args, training_args) -> RunSummary:
     trainer = preference.make_trainer(method, model, tokenizer, preference.trl_config(training_args, method),
                                       preference.trl_rows(train_records, tokenizer, method),
                                       preference.trl_rows(val_records, tokenizer, method), peft_config, [LogLine()])
-    if trainer.pop_callback(ProgressCallback) is not None:
-        trainer.add_callback(QuietProgress)
-    trainer.args.eval_on_start = bool(val_records) and not training_args.resume_from_checkpoint
-    start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    last_eval = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
-    if val_records and (last_eval is None or last_eval["step"] != trainer.state.global_step):
-        trainer.evaluate()
-    wall = time.perf_counter() - start
+    wall = fit(trainer, has_eval=bool(val_records), resume=training_args.resume_from_checkpoint)
     out = training_args.output_dir
     if sft_adapter:  # one adapter on the original base: the SFT adapter and the new one stacked (exact)
         preference.stack_adapters(sft_adapter, get_peft_model_state_dict(trainer.model), peft_config, out)
@@ -594,8 +594,7 @@ def train_preferences(model_args, data_args, training_args) -> RunSummary:
         trainer.save_model(out)
     tokenizer.save_pretrained(out)
     history = trainer.state.log_history
-    train_losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
-    eval_losses = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    train_losses, eval_losses = loss_curves(history)
     evals = [h for h in history if "eval_loss" in h]
     pick = lambda h: {k.removeprefix("eval_"): round(v, 4) for k, v in h.items() if "rewards/" in k or k == "eval_loss"}  # noqa: E731
     summary = RunSummary(
