@@ -4,6 +4,7 @@
         --data_path ../shared/data/GenMedGPT-5k-id.json --template alpaca-id \
         --max_steps 20 --output_dir out
     torchrun --nproc_per_node=2 -m trainer.train --fsdp "full_shard auto_wrap" ...   # sharded
+    python -m trainer.train --config trainer/configs/llama-2-7b.yaml --dry_run --gpus 4   # the plan, no training
 
 One process and DDP (torchrun without --fsdp) run the Hugging Face Trainer; --fsdp under torchrun
 runs trainer/fsdp.py, which really shards parameters on GPUs and CPUs alike.
@@ -146,6 +147,14 @@ class TrainingArguments(transformers.TrainingArguments):
                                "keeps their likelihood from falling with the rejected ones'; 0 = plain DPO."},
     )
     config: str | None = field(default=None, metadata={"help": "YAML file of flags; flags given on the command line win."})
+    dry_run: bool = field(
+        default=False,
+        metadata={"help": "Train nothing: build the model on the meta device from its config (offline: trainer/configs/models/), "
+                  "apply LoRA, --fsdp over --gpus ranks and the precision, and print the parameters per rank and the "
+                  "estimated memory per GPU (trainer/dry_run.py). No --data_path needed."},
+    )
+    gpus: int = field(default=1, metadata={"help": "--dry_run: the GPUs (ranks) to plan for."})
+    gpu_memory_gb: float = field(default=80.0, metadata={"help": "--dry_run: the GPU memory to check the plan against (GB)."})
     strategy: str = field(default="single", init=False, metadata={"help": "single, ddp or fsdp; chosen from the launch."})
 
     def __post_init__(self):
@@ -622,6 +631,10 @@ def train_preferences(model_args, data_args, training_args) -> RunSummary:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     argv = sys.argv[1:] if argv is None else argv
+    if alpaca_flags.take_bool(list(argv), "--dry_run"):
+        from trainer import dry_run
+
+        return dry_run.main_train(argv)
     try:
         model_args, data_args, training_args = parse_args(argv)
         if training_args.strategy == "fsdp":
