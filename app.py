@@ -3,6 +3,7 @@
     python app.py [--model alpaca-medis-270m | smollm2-135m | out/ | out-lora/ | user/repo] [--template alpaca-id]
                   [--host 127.0.0.1] [--port 7860]
     python app.py --backend http://gpu-box:8000/v1     # the page and /v1 in front of an OpenAI-compatible engine
+    python app.py --host 0.0.0.0 --api_key_file keys.txt --auth_file logins.txt   # for a team: a key for /v1, a login
 
 The model comes from --model, else $MODEL_ID, else `config.yaml` beside this file (a Space's
 config), else the project's own alpaca-medis-270m (models/alpaca-medis-270m: a LoRA adapter on the
@@ -10,7 +11,8 @@ embedded Gemma 3 270M base). Chat from code with gradio_client
 (`Client(url).predict(message, api_name="/ask")`; `/chat` keeps a conversation), any OpenAI client at
 `{url}/v1`, or an MCP client at `{url}/gradio_api/mcp/sse` (the tool `ask_health_question`). 👍/👎 in the
 page (or `/rate`) append ratings to --feedback_file, and push them to $FEEDBACK_REPO on a Space
-(trainer/serve/feedback.py).
+(trainer/serve/feedback.py). --api_key puts /v1 behind a key, --auth the page, its API and MCP server behind a
+login (trainer/serve/access.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import importlib.util
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import gradio as gr
@@ -29,6 +32,7 @@ from trainer.defaults import DISCLAIMER, GENERATION, MAX_INPUT_CHARS, QUANTIZE_C
 from trainer.models import EMBEDDED, PROJECT_MODEL, ModelError
 from trainer.prompts import TEMPLATES
 from trainer.serve import zerogpu
+from trainer.serve.access import OPEN, Access, AccessError
 from trainer.serve.batching import MAX_BATCH, MAX_WAITING, BatchedChat
 from trainer.serve.feedback import (
     MAX_CORRECTION_CHARS,
@@ -86,7 +90,7 @@ def mcp_available() -> bool:
     return importlib.util.find_spec("mcp") is not None
 
 
-def build_demo(chat: ChatModel, config: dict = DEFAULTS, ratings: Ratings | None = None) -> gr.ChatInterface:
+def build_demo(chat: ChatModel, config: dict = DEFAULTS, ratings: Ratings | None = None, login: bool = False) -> gr.ChatInterface:
     def respond(message, history, max_new_tokens, temperature, top_p, repetition_penalty):
         try:
             # A red flag in the message puts the emergency notice above the answer, whatever the model says.
@@ -141,7 +145,9 @@ def build_demo(chat: ChatModel, config: dict = DEFAULTS, ratings: Ratings | None
         api_visibility="undocumented",
     )
     with demo:
-        gr.api(zerogpu.gpu(ask_health_question, max_new_tokens_arg=1), api_name="ask")
+        # Behind a login /ask runs outside the queue: Gradio's MCP server calls a queued tool through an HTTP client of
+        # its own, which cannot log in, and an unqueued one directly. The model's own limits still hold (--max_waiting).
+        gr.api(zerogpu.gpu(ask_health_question, max_new_tokens_arg=1), api_name="ask", queue=not login)
         if ratings:
             add_ratings(demo, sliders, ratings, config)
     return demo
@@ -188,16 +194,18 @@ def add_ratings(demo: gr.ChatInterface, sliders: list, ratings: Ratings, config:
     gr.api(rate_answer, api_name="rate", api_visibility="undocumented", concurrency_limit=None)
 
 
-def build_app(chat: ChatModel, config: dict = DEFAULTS, ratings: Ratings | None = None):
-    """One FastAPI server: the Gradio UI at / (its MCP server at /gradio_api/mcp/sse) and the OpenAI API at /v1."""
+def build_app(chat: ChatModel, config: dict = DEFAULTS, ratings: Ratings | None = None, access: Access = OPEN):
+    """One FastAPI server: the Gradio UI at / (its MCP server at /gradio_api/mcp/sse) and the OpenAI API at /v1,
+    each open or behind `access`'s login and keys."""
     from fastapi import FastAPI
 
     app = FastAPI(title="alpaca-medis")
-    app.include_router(router(chat))
+    if access.api_served:
+        app.include_router(router(chat, access))
     # As many page requests at once as the model batches (1 for a plain ChatModel, which answers one at a time).
-    demo = build_demo(chat, config, ratings).queue(default_concurrency_limit=getattr(chat, "max_batch", 1),
-                                                   max_size=QUEUE_SIZE)
-    app = gr.mount_gradio_app(app, demo, path="/", mcp_server=mcp_available())
+    demo = build_demo(chat, config, ratings, login=bool(access.logins)).queue(
+        default_concurrency_limit=getattr(chat, "max_batch", 1), max_size=QUEUE_SIZE)
+    app = gr.mount_gradio_app(app, demo, path="/", mcp_server=mcp_available(), **access.gradio_kwargs())
     if demo.mcp_error:
         logger.warning("%s; the page runs without it", demo.mcp_error)
     return app
@@ -217,6 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="answers generated together (1 = one at a time); more wait, up to --max_waiting")
     parser.add_argument("--max_waiting", type=int, default=MAX_WAITING, help="requests waiting beyond that are refused (HTTP 429)")
     parser.add_argument("--backend_model", default=None, metavar="NAME", help="the --backend model (default: the first it lists)")
+    parser.add_argument("--api_key", default=None, metavar="KEY",
+                        help="/v1 wants `Authorization: Bearer KEY` (several keys comma-separated; default $API_KEY). "
+                             "On a Space /v1 runs only with a key")
+    parser.add_argument("--api_key_file", default=None, metavar="PATH", help="more keys, one per line")
+    parser.add_argument("--auth", action="append", default=None, metavar="USER:PASSWORD",
+                        help="the page, its Gradio API and MCP server want this login (repeatable; default $GRADIO_AUTH)")
+    parser.add_argument("--auth_file", default=None, metavar="PATH", help="more logins, USER:PASSWORD one per line")
+    parser.add_argument("--max_waiting_per_key", type=int, default=None,
+                        help="with several keys, requests one key may have waiting or being answered; more get HTTP 429 "
+                             "(default: a quarter of --max_waiting)")
     parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, default=None,
                         help="int8 weights (README, The demo): int8 = every linear layer and the head (3x fp32's decode speed), "
                              "head = the output head only (keeps the model's answers), none; auto = head where bf16 is fast, "
@@ -231,6 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = build_parser().parse_args()
+    try:
+        access = Access.from_flags(args.api_key, args.api_key_file, args.auth, args.auth_file, args.max_waiting_per_key,
+                                   max_waiting=args.max_waiting)
+    except AccessError as e:
+        raise SystemExit(f"error: {e}") from None
+    args.api_key = args.auth = None  # the Namespace's repr would show them; `access` holds their digests
+    if warning := access.warning(args.host, args.port):
+        print(warning, file=sys.stderr, flush=True)
     if zerogpu.available():
         import spaces  # noqa: F401  before the model loads: ZeroGPU places it on its (lent) GPU
     config = load_config()
@@ -255,17 +281,20 @@ def main() -> None:
     if zerogpu.available():
         # ZeroGPU lends its GPU to Gradio requests only, so the page runs as Gradio launches it and the
         # /v1 API (whose calls carry no visitor quota) is not served.
-        # MCP tool calls are Gradio requests too (gradio/mcp.py calls /chat through the queue), so ZeroGPU serves them.
-        print(f"alpaca-medis: {model} ({chat.settings}) on ZeroGPU; chat on http://{args.host}:{args.port}; {where}")
-        build_demo(chat, config, ratings).queue(max_size=QUEUE_SIZE).launch(server_name=args.host, server_port=args.port,
-                                                                   mcp_server=mcp_available())
+        # MCP tool calls are Gradio requests too (gradio/mcp.py calls /ask through the queue, or directly behind a
+        # login), so ZeroGPU serves them.
+        print(f"alpaca-medis: {model} ({chat.settings}) on ZeroGPU; chat on http://{args.host}:{args.port}; {where}; "
+              f"page: {'login' if access.logins else 'no login'}")
+        build_demo(chat, config, ratings, login=bool(access.logins)).queue(max_size=QUEUE_SIZE).launch(
+            server_name=args.host, server_port=args.port, mcp_server=mcp_available(), **access.gradio_kwargs())
         return
     import uvicorn
 
     url = f"http://{args.host}:{args.port}"
-    print(f"alpaca-medis: {model} ({chat.settings}), chat on {url}  (OpenAI API: {url}/v1"
-          + (f", MCP: {url}/gradio_api/mcp/sse" if mcp_available() else "") + f"); {where}", flush=True)
-    uvicorn.run(build_app(chat, config, ratings), host=args.host, port=args.port, log_level="warning")
+    links = [f"OpenAI API: {url}/v1"] * access.api_served + [f"MCP: {url}/gradio_api/mcp/sse"] * mcp_available()
+    print(f"alpaca-medis: {model} ({chat.settings}), chat on {url}" + (f"  ({', '.join(links)})" if links else "")
+          + f"; {where}; {access.describe()}", flush=True)
+    uvicorn.run(build_app(chat, config, ratings, access), host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

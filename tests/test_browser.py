@@ -10,7 +10,7 @@ import pytest
 from test_app import serve
 
 import app
-from conftest import ROOT, wait_for
+from conftest import ROOT, start_server, wait_for
 from trainer.eval_report import is_indonesian
 from trainer.serve.feedback import FeedbackStore, Ratings
 from trainer.serve.inference import ChatModel
@@ -41,18 +41,25 @@ def feedback(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(feedback):
+def browser():
+    """One chromium for the module: Playwright's sync API runs one instance per thread."""
     from playwright.sync_api import sync_playwright
 
-    chat = ChatModel.load(app.DEFAULTS["model"])
-    url, server = serve(chat, {**app.DEFAULTS, "max_new_tokens": MAX_NEW_TOKENS}, Ratings(feedback[0], chat))
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1100, "height": 900})
-        page.goto(url)
-        page.wait_for_selector("textarea")
-        yield page, chat
+        yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(feedback, browser):
+    chat = ChatModel.load(app.DEFAULTS["model"])
+    url, server = serve(chat, {**app.DEFAULTS, "max_new_tokens": MAX_NEW_TOKENS}, Ratings(feedback[0], chat))
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    page.goto(url)
+    page.wait_for_selector("textarea")
+    yield page, chat
+    page.close()
     server.should_exit = True
 
 
@@ -164,3 +171,39 @@ def test_a_rating_with_a_correction_is_stored_and_pushed(page, feedback, tmp_pat
     store.scheduler.trigger().result()  # the push the scheduler makes every FEEDBACK_EVERY_MINUTES
     pushed = hub.files("me/medis-feedback", "dataset")[f"runs/{store.run}/ratings.jsonl"]
     assert json.loads(pushed)["id"] == record["id"]
+
+
+@pytest.fixture(scope="module")
+def login_page(tiny_llama, browser):
+    """The page behind a login (`--auth dokter:...`), serving the tiny Llama: (a browser page, the url, the chat)."""
+    from trainer.serve.access import Access, Logins
+
+    chat = ChatModel.load(str(tiny_llama), template="alpaca-id")
+    access = Access(logins=Logins([("dokter", "rahasia:panjang 42")]))
+    url, server = start_server(app.build_app(chat, {**app.DEFAULTS, "max_new_tokens": 8}, access=access))
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    yield page, url, chat
+    page.close()
+    server.should_exit = True
+
+
+def log_in(page, password: str) -> None:
+    page.get_by_label("username").fill("dokter")
+    page.get_by_label("password").fill(password)
+    page.get_by_role("button", name="Login").click()
+
+
+def test_the_page_behind_a_login_refuses_a_wrong_password_and_chats_after_the_right_one(login_page, tmp_path):
+    page, url, chat = login_page
+    page.goto(url)
+    assert "bukan nasihat medis" in page.get_by_role("button", name="Login").locator("..").inner_text()
+    log_in(page, "rahasia")
+    page.get_by_text("Incorrect Credentials").wait_for(timeout=10_000)
+    assert page.query_selector("textarea") is None and "Bukan pengganti dokter" not in page.inner_text("body")
+    log_in(page, "rahasia:panjang 42")
+    page.wait_for_selector("textarea", timeout=30_000)
+    assert "Bukan pengganti dokter" in page.inner_text("body")  # the disclaimer above the answers
+    ask(page, "Saya demam sejak kemarin, apa yang harus saya lakukan?")
+    answer = wait_for_answer(page, chat, 0, timeout=60)
+    page.screenshot(path=str(tmp_path / "logged-in.png"), full_page=True)
+    assert answer and chat.last.new_tokens > 0 and len(bot_messages(page)) == 1

@@ -8,14 +8,19 @@ Any OpenAI client works: `OpenAI(base_url="http://127.0.0.1:7860/v1", api_key="u
 A system message becomes the Alpaca instruction and the user's message its input (see
 trainer/prompts.py); earlier turns are history, cut from the oldest when the context is full.
 
+With API keys (`router(chat, access)`, access.py) every route wants `Authorization: Bearer KEY`, the
+OpenAI client's `api_key`, and with several keys each key may have `access.max_waiting_per_key` requests
+waiting or being answered at once: one client cannot fill the queue that all share.
+
 Every refused request gets OpenAI's error object, `{"error": {"message", "type", "param", "code"}}`:
-400 for a request that cannot be served as sent (broken JSON, wrong types, values out of range, a
-message over MAX_INPUT_CHARS, ...), 413 for a body over MAX_BODY_BYTES, 429 with `Retry-After` when
-the model's slots and queue are full (BusyError), and 500 with a generic message, never a traceback,
-for a failure of the server itself (the traceback goes to the log). Content may be a string or
+401 (`invalid_api_key`) for a missing or wrong key, checked before the body is read; 400 for a request
+that cannot be served as sent (broken JSON, wrong types, values out of range, a message over
+MAX_INPUT_CHARS, ...), 413 for a body over MAX_BODY_BYTES, 429 with `Retry-After` when the model's slots
+and queue are full (BusyError) or the key has its share waiting, and 500 with a generic message, never a
+traceback, for a failure of the server itself (the traceback goes to the log). Content may be a string or
 OpenAI's list of text parts; unknown fields are ignored, as OpenAI clients send many.
 
-The errors need nothing from the app: `router(chat)` is all app.py includes. /chat/completions reads
+The errors need nothing from the app: `router(chat, access)` is all app.py includes. /chat/completions reads
 and validates its body itself instead of letting FastAPI do it, so FastAPI's own 422 `{"detail": ...}`
 never occurs there, whatever the app's exception handlers are.
 
@@ -25,6 +30,7 @@ that wait can never take every thread from those that stream (Starlette's shared
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
@@ -39,6 +45,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect
 
+from trainer.serve.access import OPEN, Access, APIKeys, bearer
 from trainer.serve.inference import (
     DEFAULT_NEW_TOKENS,
     MAX_INPUT_CHARS,
@@ -121,28 +128,89 @@ def _server_error() -> APIError:
                     status=500, type="server_error")
 
 
-def router(chat: ChatModel) -> APIRouter:
+def router(chat: ChatModel, access: Access = OPEN) -> APIRouter:
     api = APIRouter(prefix="/v1")
     waiting = anyio.CapacityLimiter(WAITING_THREADS)
+    shares = _Shares(access.max_waiting_per_key)
 
     @api.get("/models")
-    def models():
+    def models(request: Request):
+        try:
+            _caller(access.keys, request)
+        except APIError as e:
+            return e.response()
         return {"object": "list", "data": [{"id": chat.name, "object": "model", "created": 0, "owned_by": "alpaca-medis"}]}
 
     @api.post("/chat/completions")
     async def completions(request: Request):
+        release, streaming = _nothing, False
         try:
-            return await _complete(chat, request, waiting)
+            release = shares.take(_caller(access.keys, request))
+            response = await _complete(chat, request, waiting, release)
+            streaming = isinstance(response, StreamingResponse)  # the stream gives its share back when it ends
+            return response
         except APIError as e:
             return e.response()
         except Exception:
             logger.exception("/v1/chat/completions failed")
             return _server_error().response()
+        finally:
+            if not streaming:
+                release()
 
     return api
 
 
-async def _complete(chat: ChatModel, request: Request, waiting: anyio.CapacityLimiter):
+def _caller(keys: APIKeys | None, request: Request) -> int | None:
+    """The index of the request's API key, which names its client (None without keys), or APIError 401."""
+    if keys is None:
+        return None
+    key = bearer(request.headers.get("authorization"))
+    index = keys.match(key) if key else None
+    if index is None:  # the key given is never repeated: it may be someone's real key sent to the wrong server
+        message = "Incorrect API key provided." if key else "Missing API key."
+        raise APIError(f"{message} Send this server's key as `Authorization: Bearer KEY` (the OpenAI client's api_key).",
+                       status=401, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+    return index
+
+
+def _nothing() -> None:
+    pass
+
+
+class _Shares:
+    """Requests of each API key waiting for the model or being answered: at most `limit` each, so that one client
+    cannot take every waiting place the server has. Touched on the event loop only, so without a lock."""
+
+    def __init__(self, limit: int | None):
+        self.limit, self.taken = limit, collections.Counter()
+
+    def take(self, key: int | None):
+        """A function that gives the place back (once, however often it is called), or APIError 429."""
+        if self.limit is None or key is None:
+            return _nothing
+        if self.taken[key] >= self.limit:
+            raise _busy(BusyError(f"This API key has {self.limit} requests waiting or being answered already, the most "
+                                  "one key may have. Retry when one of them has finished."))
+        self.taken[key] += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.taken[key] -= 1
+
+        return release
+
+
+def _busy(error: BusyError) -> APIError:
+    seconds = max(1, math.ceil(error.retry_after))
+    return APIError(str(error), status=429, type="rate_limit_exceeded", code="rate_limit_exceeded",
+                    headers={"Retry-After": str(seconds)})
+
+
+async def _complete(chat: ChatModel, request: Request, waiting: anyio.CapacityLimiter, release):
     body = await _read_json(request)
     if not isinstance(body, dict):
         raise APIError(f"The request body must be a JSON object, not {_json_type(body)}.")
@@ -170,7 +238,7 @@ async def _complete(chat: ChatModel, request: Request, waiting: anyio.CapacityLi
 
         answers, first = await _generating(waiting, start)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return StreamingResponse(_sse(chat.name, ident, created, first, answers, stats, include_usage),
+        return StreamingResponse(_sse(chat.name, ident, created, first, answers, stats, include_usage, release),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     def whole():
@@ -191,9 +259,7 @@ async def _generating(waiting: anyio.CapacityLimiter, fn):
     except InputError as e:
         raise APIError(str(e)) from None
     except BusyError as e:
-        seconds = max(1, math.ceil(e.retry_after))
-        raise APIError(str(e), status=429, type="rate_limit_exceeded", code="rate_limit_exceeded",
-                       headers={"Retry-After": str(seconds)}) from None
+        raise _busy(e) from None
     except Exception as e:
         # A chat template's raise_exception() (e.g. "roles must alternate") refuses the conversation's shape:
         # jinja2's plain TemplateError, not a subclass, which would be a broken template, the server's fault.
@@ -337,7 +403,8 @@ def _usage(stats: GenerationStats) -> dict:
             "total_tokens": stats.prompt_tokens + stats.new_tokens}
 
 
-async def _sse(model: str, ident: str, created: int, first: str, answers, stats: GenerationStats, include_usage: bool):
+async def _sse(model: str, ident: str, created: int, first: str, answers, stats: GenerationStats, include_usage: bool,
+               release):
     def event(body: dict) -> str:
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
@@ -361,8 +428,11 @@ async def _sse(model: str, ident: str, created: int, first: str, answers, stats:
         return
     finally:
         # A client that disconnects stops the generation, which frees the model for the next request.
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(answers.close)
+        try:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(answers.close)
+        finally:
+            release()  # the key's share
     yield chunk({}, _finish(stats.finish))
     if include_usage:
         yield event({"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
