@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HOST ?= 127.0.0.1
 PORT ?= 7860
 
-.PHONY: install prepare model gguf demo lint test test-fast bench clean
+.PHONY: install prepare model gguf demo lint test test-fast bench gpu-check clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -73,6 +73,17 @@ test-fast: install
 
 bench: prepare  ## training, inference and data benchmarks on this machine (~20 min), tables in bench/
 	$(PY) -m trainer.bench --output_dir bench
+
+# On a machine with an NVIDIA GPU: torch's CUDA build for its driver (before `make prepare` installs the rest), then
+# trainer/bench/gpu_check.py: the GPU tests, a 50-step run of the alpaca-medis-270m preset and the page on the GPU.
+# Elsewhere it says so in one line and runs nothing. README "Checking a GPU machine".
+GPU_CHECK_OUT ?= out/gpu-check
+gpu-check:  ## on an NVIDIA GPU machine (~10 min): CUDA torch, `pytest -m gpu`, 50 steps of alpaca-medis-270m and the page on the GPU; report in $(GPU_CHECK_OUT)/
+	@nvidia-smi -L 2>/dev/null | grep -q '^GPU ' || { echo "gpu-check: no NVIDIA GPU on this machine (nvidia-smi lists none); nothing to check."; exit 0; }; \
+	set -e; test -x $(PY) || python3 -m venv $(VENV); \
+	$(PY) -m trainer.bench.gpu_check --install_only --output_dir $(GPU_CHECK_OUT); \
+	$(MAKE) --no-print-directory prepare; \
+	$(PY) -m trainer.bench.gpu_check --skip_install --data_path $(DATA) --output_dir $(GPU_CHECK_OUT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

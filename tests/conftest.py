@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -141,6 +143,18 @@ def run_module(module: str, *args: str, env: dict | None = None, timeout: int = 
     )
 
 
+def torchrun_train(nproc: int, model, out: Path, *args, timeout: int = 600) -> tuple[subprocess.CompletedProcess, dict | None]:
+    """`torchrun --standalone --nproc_per_node=N -m trainer.train --model M --output_dir OUT args` from the repo root:
+    (the process, its train_summary.json or None). FSDP and DDP tests, on CPUs (gloo) and GPUs (nccl)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+         "-m", "trainer.train", "--model", str(model), "--output_dir", str(out), *map(str, args)],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )
+    summary = json.loads((out / "train_summary.json").read_text()) if (out / "train_summary.json").exists() else None
+    return result, summary
+
+
 # Concurrent readers of a BatchedChat (tests of batching and of int8 serving).
 def wait_for(predicate, seconds=60):
     deadline = time.time() + seconds
@@ -171,3 +185,65 @@ def ask_together(batched, questions, **options):
 
     run_together(batched, [threading.Thread(target=ask, args=(i,)) for i in range(len(questions))])
     return answers, stats
+
+
+# ---- `transformers serve` of a tiny model: the real OpenAI-compatible engine that RemoteChat (app.py --backend,
+# trainer.evaluate --backend) is tested against. Session-scoped: it starts in ~25 s, once for every test that uses it.
+
+SERVE = Path(sys.executable).with_name("transformers")
+SERVER_START_TIMEOUT = 300  # seconds; it starts in ~25 s on the 2-core test machine, most of it imports
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def wait_for_health(url: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"transformers serve exited with code {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"transformers serve not ready after {timeout} s at {url}:\n{log.read_text()[-4000:]}")
+        time.sleep(0.25)
+
+
+@pytest.fixture(scope="session")
+def model_folder(tiny_llama, tmp_path_factory) -> Path:
+    """The tiny Llama with the Alpaca chat template, as `trainer.push` bundles it with our models."""
+    from transformers import AutoTokenizer
+
+    from trainer.prompts import chat_template_for, get_template
+
+    folder = tmp_path_factory.mktemp("remote") / "tiny-alpaca"
+    shutil.copytree(tiny_llama, folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = chat_template_for(tokenizer, get_template("alpaca-id"))
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def backend(model_folder, tmp_path_factory):
+    """`transformers serve MODEL_FOLDER` on a free port: its /v1 URL. Stopped at the end of the session."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    command = [str(SERVE), "serve", str(model_folder), "--host", "127.0.0.1", "--port", str(port),
+               "--device", "cpu", "--dtype", "float32"]
+    started = time.monotonic()
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **OFFLINE})
+    try:
+        wait_for_health(f"http://127.0.0.1:{port}", process, log, SERVER_START_TIMEOUT)
+        print(f"\ntransformers serve ready in {time.monotonic() - started:.1f} s: {' '.join(command)}")
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

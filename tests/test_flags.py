@@ -28,6 +28,7 @@ COMMANDS = {
     "python -m trainer.bench": "trainer.bench.cli",
     "python -m trainer.bench.llama_cpp": "trainer.bench.llama_cpp",
     "python -m trainer.bench.footprint": "trainer.bench.footprint",
+    "python -m trainer.bench.gpu_check": "trainer.bench.gpu_check",
     "python app.py": "app",
     "python -m data_gen generate": "data_gen.generate",
     "python -m data_gen translate": "data_gen.translate",
@@ -50,16 +51,17 @@ RENAMED = {
 TAKES = {
     "--model": ["trainer.train", "trainer.evaluate", "trainer.export", "trainer.export.merge", "trainer.push",
                 "trainer.preference_set", "trainer.inference", "trainer.bench", "trainer.bench.llama_cpp",
-                "trainer.bench.footprint", "app.py", "data_gen generate", "data_gen translate", "data_gen conditions"],
+                "trainer.bench.footprint", "trainer.bench.gpu_check", "app.py", "data_gen generate", "data_gen translate",
+                "data_gen conditions"],
     "--output_dir": ["trainer.train", "trainer.evaluate", "trainer.export.merge", "trainer.push", "trainer.bench",
-                     "data_gen stats"],
+                     "trainer.bench.gpu_check", "data_gen stats"],
     "--out": ["trainer.export", "trainer.preference_set", "trainer.bench.llama_cpp", "data_gen generate",
               "data_gen translate", "data_gen convert", "data_gen conditions"],
     "--limit": ["trainer.evaluate", "trainer.export", "trainer.preference_set", "trainer.bench.llama_cpp",
                 "data_gen translate", "data_gen.bench_scale"],
     "--max_new_tokens": ["trainer.evaluate", "trainer.preference_set", "trainer.inference", "trainer.bench",
-                         "trainer.bench.llama_cpp", "trainer.bench.footprint", "data_gen generate", "data_gen translate",
-                         "data_gen conditions"],
+                         "trainer.bench.llama_cpp", "trainer.bench.footprint", "trainer.bench.gpu_check", "data_gen generate",
+                         "data_gen translate", "data_gen conditions"],
 }
 # new name <- the aliases that must still parse to the same value, per command
 ALIASES = {

@@ -22,6 +22,17 @@ emergency care advised for red flags, no advice that delays it, Indonesian, stop
 `--ask QUESTION` (repeatable) has every model answer a question that is in no data file as the page would;
 `--previous OLD/eval.json` copies the models an earlier run measured on the same data and settings.
 Writes `eval.json` and `eval.md` (the comparison tables and side-by-side samples) to --output_dir.
+
+Through an inference engine: with `--backend URL` any OpenAI-compatible server (vLLM or SGLang on GPUs, `transformers
+serve`) generates the answers, through the client `app.py --backend` uses (trainer/serve/remote.py), --concurrency
+requests in flight, plain greedy as local answers are, and they are scored exactly as local ones. The model evaluated is
+the served one (`--backend_model`, else the first the server lists), named by its served id in eval.json, which records
+the URL under "backend". The server applies its own chat template. The loss needs the weights here: `--model LOCAL`
+(at most one with --backend: the served model's local copy, prompts rendered by its chat template or --template)
+measures it; without it the loss is not measured (null in eval.json, a note in eval.md):
+
+    python -m trainer.evaluate --backend http://gpu-box:8000/v1 --model out/alpaca-medis-270m \
+        --data_path ../shared/data/GenMedGPT-5k-id.json --limit 200 --concurrency 32 --output_dir eval
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ import logging
 import math
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import torch
 
@@ -45,9 +57,12 @@ from trainer.hw import on_torch_thread
 from trainer.models import ModelError
 from trainer.prompts import SHAPES, messages_for
 from trainer.run_summary import RunSummary, SummaryError
-from trainer.serve.inference import ChatModel, InputError
+from trainer.serve.inference import GREEDY, BusyError, ChatModel, GenerationStats, InputError
+from trainer.serve.remote import BackendError, RemoteChat
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_CONCURRENCY = 8  # --backend requests in flight: enough for an engine to batch, few enough not to be refused
 
 
 def encode(tokenizer, record: dict, shape: str = "input") -> tuple[list[int], list[int]]:
@@ -73,11 +88,14 @@ def learned_token_loss(model, tokenizer, records: list[dict], shape: str = "inpu
     return total / max(count, 1), count
 
 
-def greedy_answers(chat: ChatModel, conversations: list[list[dict]], max_new_tokens: int, batch_size: int,
+def greedy_answers(chat: ChatModel | RemoteChat, conversations: list[list[dict]], max_new_tokens: int, batch_size: int,
                    desc: str) -> list[tuple[str, str]]:
-    """(answer, finish) per conversation, in order; batches of similar prompt length waste less padding."""
+    """(answer, finish) per conversation, in order; batches of similar prompt length waste less padding. From a
+    backend (RemoteChat): `batch_size` requests in flight instead, which the engine batches."""
     from tqdm.auto import tqdm
 
+    if isinstance(chat, RemoteChat):
+        return served_answers(chat, conversations, max_new_tokens, batch_size, desc)
     order = sorted(range(len(conversations)), key=lambda i: sum(len(m["content"]) for m in conversations[i]))
     results: list = [None] * len(conversations)
     with tqdm(total=len(order), desc=desc, unit="answer", disable=None) as bar:
@@ -93,6 +111,35 @@ def greedy_answers(chat: ChatModel, conversations: list[list[dict]], max_new_tok
     return results
 
 
+def served_answers(chat: RemoteChat, conversations: list[list[dict]], max_new_tokens: int, concurrency: int,
+                   desc: str) -> list[tuple[str, str]]:
+    """(answer, finish) per conversation, in order, each as ChatModel.answer_batch returns it: greedy (GREEDY), cut
+    where the model starts a new turn (finish "marker"), else stripped; finish "eos" or "length" as RemoteChat maps the
+    server's finish_reason. The first error ends the evaluation."""
+    from tqdm.auto import tqdm
+
+    def answer(i: int) -> tuple[str, str]:
+        conversation, stats = conversations[i], GenerationStats()  # this request's finish; chat.last is any request's
+        try:
+            text = chat.answer(conversation[-1]["content"], conversation[:-1], max_new_tokens=max_new_tokens, stats=stats,
+                               **GREEDY)
+        except BackendError:
+            raise
+        except InputError as e:  # refused before it was sent, as answer_batch refuses it
+            raise ModelError(f"record {i}: {e}") from None
+        return (text if stats.finish == "marker" else text.strip()), stats.finish
+
+    with ThreadPoolExecutor(concurrency) as pool, tqdm(total=len(conversations), desc=desc, unit="answer", disable=None) as bar:
+        futures = [pool.submit(answer, i) for i in range(len(conversations))]
+        try:
+            for done in as_completed(futures):
+                done.result()
+                bar.update(1)
+        finally:  # after an error (or Ctrl-C) no new request starts; those in flight end on their own
+            pool.shutdown(wait=False, cancel_futures=True)
+        return [f.result() for f in futures]
+
+
 def load_chat(name: str, template: str | None = None, dtype: torch.dtype = torch.float32, quantize: str = "none") -> ChatModel:
     # fp32 by default: losses and greedy answers stay comparable across machines (the app picks bf16
     # where a CPU runs it fast, which shifts both a little). int8 weights only when asked: they shift both too.
@@ -104,7 +151,7 @@ def load_chat(name: str, template: str | None = None, dtype: torch.dtype = torch
         return ChatModel.load(name, template, dtype=dtype, quantize=quantize)  # ... or --template when it has none
 
 
-def evaluate_questions(name: str, chat: ChatModel, questions, cards, max_new_tokens: int, shapes=tuple(SHAPES),
+def evaluate_questions(name: str, chat: ChatModel | RemoteChat, questions, cards, max_new_tokens: int, shapes=tuple(SHAPES),
                        batch_size: int = 16) -> dict:
     """{shape: metrics} of one model's greedy answers to the question set."""
     results = {}
@@ -120,26 +167,25 @@ def evaluate_questions(name: str, chat: ChatModel, questions, cards, max_new_tok
     return results
 
 
-def evaluate_model(name: str, records: list[dict], max_new_tokens: int, template: str | None = None,
-                   shapes=tuple(SHAPES), batch_size: int = 16, dtype: torch.dtype = torch.float32,
-                   answers: bool = True, chat: ChatModel | None = None) -> dict:
-    """{shape: metrics} for one model; with answers=False only the loss (cheap: no generation)."""
-    chat = chat or load_chat(name, template, dtype)
+def evaluate_model(name: str, records: list[dict], max_new_tokens: int, shapes=tuple(SHAPES), batch_size: int = 16,
+                   chat: ChatModel | RemoteChat | None = None, loss_chat: ChatModel | None = None) -> dict:
+    """{shape: metrics} for one model: the loss on `loss_chat`'s weights (None: not measured, null in eval.json), and
+    the greedy answers of `chat`, a local model or a backend (None: the loss only, cheap: no generation)."""
     results = {}
     for shape in shapes:
-        # On the thread that generates: a second thread running torch ops slows both (trainer.hw.TORCH_THREAD).
-        loss, learned = on_torch_thread(learned_token_loss, chat.model, chat.tokenizer, records, shape)
-        if not answers:
-            results[shape] = {"loss": loss, "perplexity": math.exp(loss), "learned_tokens": learned}
-            logger.info("%s (%s): loss %.3f (no answers generated)", name, shape, loss)
+        m = results[shape] = {"loss": None, "perplexity": None, "learned_tokens": None}
+        if loss_chat is not None:
+            # On the thread that generates: a second thread running torch ops slows both (trainer.hw.TORCH_THREAD).
+            loss, learned = on_torch_thread(learned_token_loss, loss_chat.model, loss_chat.tokenizer, records, shape)
+            m.update(loss=loss, perplexity=math.exp(loss), learned_tokens=learned)
+        loss = "not measured" if m["loss"] is None else f"{m['loss']:.3f}"
+        if chat is None:
+            logger.info("%s (%s): loss %s (no answers generated)", name, shape, loss)
             continue
         answered = greedy_answers(chat, [messages_for(r, shape) for r in records], max_new_tokens, batch_size,
                                   f"{os.path.basename(name.rstrip('/'))} ({shape})")
-        texts, finishes = [a for a, _ in answered], [f for _, f in answered]
-        results[shape] = {"loss": loss, "perplexity": math.exp(loss), "learned_tokens": learned,
-                          **answer_metrics(texts, finishes, [r["output"] for r in records])}
-        m = results[shape]
-        logger.info("%s (%s): loss %.3f, ROUGE-L %.3f, chrF %.1f, EOS %.0f%%, Indonesian %.0f%%, repetition %.0f%%",
+        m.update(answer_metrics([a for a, _ in answered], [f for _, f in answered], [r["output"] for r in records]))
+        logger.info("%s (%s): loss %s, ROUGE-L %.3f, chrF %.1f, EOS %.0f%%, Indonesian %.0f%%, repetition %.0f%%",
                     name, shape, loss, m["rouge_l"], m["chrf"], 100 * m["eos_share"], 100 * m["indonesian_share"],
                     100 * m["repetition_share"])
     return results
@@ -205,7 +251,8 @@ class Previous:
             raise record_lib.DataError(f"--previous {path}: cannot read it ({e}).") from None
         same = lambda a, b: os.path.basename(str(a)) == os.path.basename(str(b))  # noqa: E731
         records, questions = {}, {}
-        if (args.data_path and old.get("models") and same(old.get("data_path"), args.data_path)
+        local = not old.get("backend")  # an engine's answers are not those of a local model of the same name
+        if (local and args.data_path and old.get("models") and same(old.get("data_path"), args.data_path)
                 and old.get("split") == args.split and old.get("max_new_tokens") == args.max_new_tokens
                 and old.get("dtype") == args.dtype and old.get("quantize", "none") == args.quantize
                 and old.get("records") == args.limit):
@@ -214,7 +261,7 @@ class Previous:
                 if all(s in by_shape for s in shapes) and (answered or name in args.loss_only):
                     records[name] = {s: by_shape[s] for s in shapes}
         asked = old.get("questions") or {}
-        if (args.questions and asked and same(asked.get("path"), args.questions) and old.get("dtype") == args.dtype
+        if (local and args.questions and asked and same(asked.get("path"), args.questions) and old.get("dtype") == args.dtype
                 and old.get("quantize", "none") == args.quantize and asked.get("max_new_tokens") == args.questions_max_new_tokens):
             questions = {n: {s: m[s] for s in shapes} for n, m in asked["models"].items() if all(s in m for s in shapes)}
         logger.info("--previous %s: reusing held-out results of %s and question results of %s", path,
@@ -230,9 +277,46 @@ def questions_markdown(asked: dict, shapes, samples: int = 3) -> list[str]:
     return lines
 
 
+LOSS_NOT_MEASURED = ("loss and perplexity not measured: the answers came from an inference server, and the loss needs "
+                     "the model's weights here (give its local copy with --model).")
+
+
+def backend_problems(args) -> list[str]:
+    """What is wrong with how --backend combines with the other flags (every problem, each naming its fix); fills in
+    the default --concurrency."""
+    problems = []
+    if not (args.model or args.backend):
+        problems.append("Give --model (a model to load here) or --backend URL (a served model).")
+    if not args.backend:
+        if args.concurrency is not None:
+            problems.append("--concurrency is for --backend; a local model generates --batch_size answers together.")
+        return problems
+    if len(args.model) > 1:
+        problems.append("--backend evaluates the served model: give at most one --model, its local copy for the loss "
+                        "(evaluate other models in another run).")
+    if args.loss_only:
+        problems.append("--loss_only measures a local model without answers; with --backend, drop it (or --backend).")
+    if args.previous:
+        problems.append("--previous copies models a local run measured; with --backend, measure again (drop --previous).")
+    if args.concurrency is None:
+        args.concurrency = DEFAULT_CONCURRENCY
+    elif args.concurrency < 1:
+        problems.append(f"--concurrency {args.concurrency}: give 1 or more requests in flight.")
+    return problems
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", action="append", required=True, help="repeat to compare models (name, folder or Hub id)")
+    parser.add_argument("--model", action="append", default=[],
+                        help="repeat to compare models (name, folder or Hub id); with --backend at most one: the served "
+                             "model's local copy, for the loss")
+    parser.add_argument("--backend", default=None, metavar="URL",
+                        help="generate the answers on this OpenAI-compatible server (vLLM, SGLang, transformers serve, ...) "
+                             "as app.py --backend does, e.g. http://gpu-box:8000/v1; key from $BACKEND_API_KEY or "
+                             "$OPENAI_API_KEY. The loss is measured only with --model")
+    parser.add_argument("--backend_model", default=None, metavar="NAME", help="the --backend model (default: the first it lists)")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help=f"with --backend: requests in flight, which the engine batches (default {DEFAULT_CONCURRENCY})")
     parser.add_argument("--data_path", default=None, help="held-out Alpaca records (the split training held out)")
     parser.add_argument("--questions", default=None, help="the project's question set (data/eval/questions.jsonl): "
                         "answers scored for the right condition and emergency advice")
@@ -246,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_new_tokens", type=int, default=GENERATION["max_new_tokens"])
     parser.add_argument("--template", default=None, help="for models without a chat_template")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="prompt shapes, comma-separated (default %(default)s)")
-    parser.add_argument("--batch_size", type=int, default=16, help="answers generated together (default %(default)s)")
+    parser.add_argument("--batch_size", type=int, default=16, help="answers a local model generates together (default %(default)s)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="float32 compares across machines; bfloat16 is the demo's dtype where the CPU runs it fast, "
                              "and there about twice as fast")
@@ -274,17 +358,30 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--shapes {args.shapes!r}: choose from {', '.join(SHAPES)}")
     if not (args.data_path or args.questions):
         parser.error("give --data_path (held-out records), --questions (the question set), or both")
+    problems = backend_problems(args)
+    if problems:
+        parser.error(" ".join(problems))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     models, asked, unseen = {}, {}, {}
     try:
+        # First (it asks the server for its models), so that a server that is down ends the run before anything loads.
+        served = RemoteChat.connect(args.backend, args.backend_model) if args.backend else None
+        if served:
+            served.send_neutral_penalty = True  # GREEDY's repetition_penalty 1.0, whatever the model's generation_config says
+            if args.backend_model and args.backend_model not in (listed := served.models()):
+                # Some engines answer for any name (SGLang, llama.cpp); where the name matters, every answer will fail.
+                logger.warning("%s lists %s, not %s", served.url, ", ".join(listed) or "no models", args.backend_model)
+            logger.info("answers from %s at %s, %d requests in flight; loss %s", served.name, served.url, args.concurrency,
+                        f"on {args.model[0]}" if args.model else "not measured (no --model)")
         if args.questions:
             cards = load_cards()
             questions = eval_conditions.load_questions(args.questions, cards)
         if args.data_path:
-            val_set_size = held_out_share(args.model, args.data_path, args.val_set_size)
+            # A served folder (transformers serve names a model by its path) has a train_summary.json to read too.
+            val_set_size = held_out_share([*args.model, *([served.name] if served else [])], args.data_path, args.val_set_size)
             chosen = select_records(args.data_path, args.split, val_set_size, args.limit)
         previous = Previous.read(args.previous, args, shapes) if args.previous else Previous()
-        for name in args.model:
+        for name in [served.name] if served else args.model:
             done_records, done_questions = previous.records.get(name), previous.questions.get(name)
             if done_records is not None:
                 models[name] = done_records
@@ -295,20 +392,32 @@ def main(argv: list[str] | None = None) -> int:
             if not (need_records or need_questions or args.ask):
                 logger.info("%s: copied from %s", name, args.previous)
                 continue
-            chat = load_chat(name, args.template, getattr(torch, args.dtype), args.quantize)
+            # The answers come from the server or the local model; the loss from the local model, if there is one.
+            local = (args.model[0] if args.model else None) if served else name
+            loss_chat = load_chat(local, args.template, getattr(torch, args.dtype), args.quantize) if local else None
+            chat, together = (served, args.concurrency) if served else (loss_chat, args.batch_size)
             if need_records:
-                models[name] = evaluate_model(name, chosen, args.max_new_tokens, args.template, shapes, args.batch_size,
-                                              getattr(torch, args.dtype), answers=name not in args.loss_only, chat=chat)
+                models[name] = evaluate_model(name, chosen, args.max_new_tokens, shapes, together,
+                                              chat=None if name in args.loss_only else chat, loss_chat=loss_chat)
             if need_questions:
-                asked[name] = evaluate_questions(name, chat, questions, cards, args.questions_max_new_tokens, shapes,
-                                                 args.batch_size)
+                asked[name] = evaluate_questions(name, chat, questions, cards, args.questions_max_new_tokens, shapes, together)
             if args.ask:  # as the page answers: its generation defaults, the demo's empty-input prompt
                 unseen[name] = [chat.answer(q, **GENERATION) for q in args.ask]  # generates on the torch thread itself
-            del chat
-    except (record_lib.DataError, ModelError, SummaryError, CardError, eval_conditions.QuestionError) as e:
+            del chat, loss_chat
+    except (record_lib.DataError, ModelError, SummaryError, CardError, eval_conditions.QuestionError, InputError) as e:
+        # InputError: also remote.BackendError, a server that is down, refuses the request or lacks the model
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BusyError as e:  # the server's 429
+        print(f"error: {e} Or lower --concurrency.", file=sys.stderr)
+        return 2
     result = {"dtype": args.dtype, "quantize": args.quantize, "shapes": shapes}
+    if served:
+        result["backend"] = {"url": served.url, "model": served.name, "concurrency": args.concurrency,
+                             "loss_from": args.model[0] if args.model else None}
+        if args.data_path and not args.model:
+            result["backend"]["note"] = LOSS_NOT_MEASURED
+            logger.info("%s", LOSS_NOT_MEASURED)
     if args.data_path:
         result.update({"data_path": args.data_path, "split": args.split, "records": len(chosen),
                        "max_new_tokens": args.max_new_tokens, "models": models, "samples": chosen[:5]})

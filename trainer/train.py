@@ -208,6 +208,11 @@ def parse_args(argv: list[str]):
         training_args.strategy = choose_strategy(training_args)
     except fsdp_lib.FsdpError as e:
         problems.append(str(e))
+    if training_args.strategy == "single" and training_args.n_gpu > 1:
+        # The Trainer would wrap the model in DataParallel, which splits every batch tensor along its first
+        # dimension: a packed row, its cu_seq_lens and the logits_to_keep positions cannot be split that way.
+        problems.append(f"{training_args.n_gpu} GPUs are visible to one process: train on all of them with "
+                        f"`torchrun --nproc_per_node={training_args.n_gpu} -m trainer.train ...`, or on one with CUDA_VISIBLE_DEVICES=0.")
     if problems:
         raise UsageError("\n".join(problems))
     return model_args, data_args, training_args

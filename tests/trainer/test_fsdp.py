@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import ROOT, SAMPLE
+from conftest import ROOT, SAMPLE, torchrun_train
 from trainer.fsdp import FsdpError, detect_layer_class, parse_mode
 from trainer.models import load_model
 
@@ -19,13 +19,7 @@ COMMON = ["--data_path", SAMPLE, "--learning_rate", "3e-3", "--model_max_length"
 
 
 def torchrun(nproc: int, model, out, *extra) -> tuple[subprocess.CompletedProcess, dict]:
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-         "-m", "trainer.train", "--model", str(model), "--output_dir", str(out), *map(str, COMMON), *map(str, extra)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )
-    summary = json.loads((out / "train_summary.json").read_text()) if (out / "train_summary.json").exists() else None
-    return result, summary
+    return torchrun_train(nproc, model, out, *COMMON, *extra)
 
 
 @pytest.fixture(scope="module")

@@ -223,16 +223,63 @@ def _write_chat_template(tokenizer, folder: Path) -> None:
         _replace(config_path, json.dumps(config, ensure_ascii=False, indent=2))
 
 
+GGUF_SCALARS = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?", 10: "<u8", 11: "<i8", 12: "<f8"}
+GGUF_STRING, GGUF_ARRAY = 8, 9
+
+
+def read_metadata(path: Path) -> dict:
+    """A GGUF file's metadata (key: value, arrays as lists), read straight from its header. gguf's GGUFReader
+    gives the same values but builds a numpy view per element: ~20 s for Gemma's 262k-word vocabulary, here 0.6 s."""
+    import struct
+
+    import numpy as np
+
+    data = memoryview(Path(path).read_bytes())
+    if bytes(data[:4]) != b"GGUF":
+        raise ExportError(f"{path} is not a GGUF file.")
+    (count,) = struct.unpack_from("<Q", data, 16)
+    pos = 24
+
+    def string() -> str:
+        nonlocal pos
+        (n,) = struct.unpack_from("<Q", data, pos)
+        pos += 8 + n
+        return bytes(data[pos - n : pos]).decode("utf-8")
+
+    def scalars(kind: int, n: int) -> list:
+        nonlocal pos
+        dtype = np.dtype(GGUF_SCALARS[kind])
+        pos += n * dtype.itemsize
+        return np.frombuffer(data, dtype, n, pos - n * dtype.itemsize).tolist()
+
+    def value(kind: int):
+        nonlocal pos
+        if kind == GGUF_STRING:
+            return string()
+        if kind != GGUF_ARRAY:
+            return scalars(kind, 1)[0]
+        item, n = struct.unpack_from("<IQ", data, pos)
+        pos += 12
+        return [string() for _ in range(n)] if item == GGUF_STRING else scalars(item, n)
+
+    fields = {}
+    for _ in range(count):
+        key = string()
+        (kind,) = struct.unpack_from("<I", data, pos)
+        pos += 4
+        fields[key] = value(kind)
+    return fields
+
+
 def _gemma_sentencepiece(folder: Path) -> None:
     """Gemma's converter reads SentencePiece's tokenizer.model; without it, it falls back to a byte-level BPE
     vocabulary that llama.cpp would tokenize wrongly. The embedded Gemma base ships as GGUF without that
     file, but its GGUF holds the same pieces, scores and types, so we rebuild it from there."""
-    from gguf import GGUFReader
     from sentencepiece import sentencepiece_model_pb2 as sp
 
     with tempfile.TemporaryDirectory() as tmp:
-        reader = GGUFReader(models.gguf_path(EMBEDDED["gemma3-270m"], Path(tmp)))
-        fields = {k: reader.fields[f"tokenizer.ggml.{k}"].contents()
+        metadata = read_metadata(models.gguf_path(EMBEDDED["gemma3-270m"], Path(tmp)))
+        fields = {k: metadata[f"tokenizer.ggml.{k}"]
                   for k in ("tokens", "scores", "token_type", "unknown_token_id", "bos_token_id", "eos_token_id", "padding_token_id")}
     vocab = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
     ours = {**vocab["model"]["vocab"], **{t["content"]: t["id"] for t in vocab.get("added_tokens", [])}}

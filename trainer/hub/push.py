@@ -320,7 +320,8 @@ def evaluated_names(data) -> dict[str, str]:
     """Local paths in a trainer.evaluate eval.json (models, data) -> the names to publish instead."""
     if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
         return {}
-    local = [n for n in [*data["models"], data.get("data_path") or ""] if n and is_local_path(n)]
+    loss_from = (data.get("backend") or {}).get("loss_from") or ""  # --backend's local copy of the served model
+    local = [n for n in [*data["models"], data.get("data_path") or "", loss_from] if n and is_local_path(n)]
     return {n: hub_model_id(n) or Path(n).name for n in sorted(local, key=len, reverse=True)}
 
 

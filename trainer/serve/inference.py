@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 STOP_MARKERS = tuple(dict.fromkeys(m for t in TEMPLATES.values() for m in t.stop_markers))
 MAX_NEW_TOKENS = 1024
 DEFAULT_NEW_TOKENS = GENERATION["max_new_tokens"]  # when a caller names no answer budget
+# Plain greedy decoding, what evaluation scores: answer_batch decodes so, and trainer.evaluate --backend asks an
+# engine for exactly this, so that local and served answers are the same answers.
+GREEDY = {"temperature": 0.0, "top_p": 1.0, "repetition_penalty": 1.0}
 
 
 class InputError(ValueError):
@@ -301,8 +304,9 @@ class ChatModel:
 
         def run():
             with torch.inference_mode():
-                return self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                           repetition_penalty=1.0, pad_token_id=pad, eos_token_id=tok.eos_token_id)
+                return self.model.generate(**inputs, max_new_tokens=max_new_tokens, repetition_penalty=GREEDY["repetition_penalty"],
+                                           **sampling_options(GREEDY["temperature"], GREEDY["top_p"]), pad_token_id=pad,
+                                           eos_token_id=tok.eos_token_id)
 
         with self.lock:
             ids = on_torch_thread(run)[:, inputs["input_ids"].shape[1]:].tolist()

@@ -16,7 +16,8 @@ RemoteChat has what app.py and openai_api.py use of a ChatModel (`name`, `base`,
 - Errors become messages for the user: BackendError (an InputError, so our /v1 answers 400 with the
   message) when the server is unreachable, too slow or refuses the request; BusyError when it answers 429.
 - The API key comes from $BACKEND_API_KEY, else $OPENAI_API_KEY, else "unused" (servers without keys
-  ignore it). It is never logged or shown.
+  ignore it). It is never logged or shown, and the key a caller sent our /v1 (app.py --api_key) never goes to the
+  server: each request here is made by this client, with its own key.
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ class RemoteChat:
         # Extra request fields for every answer, like ChatModel.generate_options (e.g. a server's own settings).
         self.extra_body: dict = {}
         self.penalty_field = "repetition_penalty"  # "generation_config" once the server refused the first
+        # Send repetition_penalty 1.0 too (trainer.evaluate): vLLM and transformers serve otherwise apply the model's
+        # generation_config value, if it has one, which local greedy answers (1.0 passed to generate()) never do.
+        self.send_neutral_penalty = False
         self.client = openai.OpenAI(base_url=self.url, api_key=api_key or api_key_from_env(), max_retries=0,
                                     timeout=openai.Timeout(timeout, connect=connect_timeout))
 
@@ -157,12 +161,13 @@ class RemoteChat:
     def _open(self, messages: list[dict], max_new_tokens: int, temperature: float, top_p: float,
               repetition_penalty: float) -> openai.Stream:
         """The server's streamed answer, its response started (errors of the request are raised here)."""
-        penalty = float(repetition_penalty) != 1.0
+        penalty = float(repetition_penalty) != 1.0 or self.send_neutral_penalty
+        field = self.penalty_field  # as this request sends it: a concurrent request may switch it meanwhile
         with self._errors():
             try:
                 return self._create(messages, max_new_tokens, temperature, top_p, repetition_penalty if penalty else None)
             except (openai.BadRequestError, openai.UnprocessableEntityError) as e:
-                if not (penalty and self.penalty_field == "repetition_penalty" and "repetition_penalty" in _detail(e)):
+                if not (penalty and field == "repetition_penalty" and "repetition_penalty" in _detail(e)):
                     raise
                 logger.info("%s refuses a repetition_penalty field; sending it in generation_config", self.url)
                 self.penalty_field = "generation_config"

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import ROOT, build_model, run_module
 from trainer import models
 from trainer.defaults import GENERATION
-from trainer.export.gguf import SUPPORTED, ollama_files
+from trainer.export.gguf import SUPPORTED, ollama_files, read_metadata
 from trainer.export.gotemplate import ollama_messages, render
 from trainer.prompts import get_template
 
@@ -48,10 +48,7 @@ def modelfile_template(text: str) -> str:
 
 
 def gguf_fields(path: Path) -> dict:
-    from gguf import GGUFReader
-
-    reader = GGUFReader(path)
-    return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.ggml.merges")}
+    return {k: v for k, v in read_metadata(path).items() if not k.startswith("tokenizer.ggml.merges")}
 
 
 # --- without the converter ---------------------------------------------------------------------------

@@ -579,6 +579,17 @@ def test_evaluation_from_trainer_evaluate_goes_into_the_card_without_local_paths
     assert "| smollm2-135m | empty | 4.500 |" in card
 
 
+def test_a_backend_evaluations_local_copy_is_published_by_name(tmp_path):
+    """trainer.evaluate --backend URL --model LOCAL names the local copy that measured the loss: no local path either."""
+    from trainer.hub.push import evaluated_names
+
+    local = tmp_path / "alpaca-medis-270m"
+    local.mkdir()
+    report = {"models": {"alpaca-medis/alpaca-medis-270m": {}}, "backend": {"url": "http://gpu-box:8000/v1", "loss_from": str(local)}}
+    assert evaluated_names(report) == {str(local): "alpaca-medis-270m"}
+    assert evaluated_names({**report, "backend": {"url": "http://gpu-box:8000/v1", "loss_from": None}}) == {}
+
+
 def test_output_dir_writes_a_compact_adapter_that_publishes_with_its_base_tokenizer(lora_dir, tiny_llama, hub, tmp_path):
     """How models/alpaca-medis-270m is written: bf16 adapter, the embedded base's tokenizer left to the base,
     a card naming the release and its license; publishing that folder stages the base's tokenizer again."""

@@ -1,20 +1,17 @@
 """RemoteChat (`python app.py --backend URL`) against a real OpenAI-compatible server: `transformers serve` on a
-tiny model folder, started once for the module. What no real engine does on demand (a 429, a 401, a model that
-starts a new turn) comes from a few canned HTTP answers instead."""
+tiny model folder, started once for the session (tests/conftest.py's `backend`). What no real engine does on demand
+(a 429, a 401, a model that starts a new turn) comes from a few canned HTTP answers instead."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,17 +19,13 @@ from gradio_client import Client
 from openai import APIStatusError, OpenAI
 
 import app
-from conftest import ROOT, free_port, start_server
-from trainer.prompts import chat_template_for, get_template
+from conftest import OFFLINE, ROOT, free_port, start_server
 from trainer.serve.inference import BusyError, ChatModel, GenerationStats, InputError
 from trainer.serve.remote import BackendError, RemoteChat, api_key_from_env
 
 QUESTION = "Dokter, kenapa saya sering pusing saat bangun tidur?"
 HISTORY = [{"role": "user", "content": "Halo dok"}, {"role": "assistant", "content": "Halo, ada yang bisa dibantu?"}]
 GREEDY = dict(temperature=0.0, top_p=1.0)
-SERVE = Path(sys.executable).with_name("transformers")
-SERVER_START_TIMEOUT = 300  # seconds; it starts in ~25 s on the 2-core test machine, most of it imports
-OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
 def serve_app(chat, config: dict = app.DEFAULTS):
@@ -45,58 +38,6 @@ def same_text(remote: str, local: str) -> bool:
     decode (ChatModel's streamer, at its end) shows it as U+FFFD, a streaming decoder (transformers serve's
     DecodeStream) waits for the rest of the character, which never comes, and drops it."""
     return local == remote or (local.startswith(remote) and set(local[len(remote):]) == {"\ufffd"})
-
-
-def wait_for_health(url: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"transformers serve exited with code {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"transformers serve not ready after {timeout} s at {url}:\n{log.read_text()[-4000:]}")
-        time.sleep(0.25)
-
-
-@pytest.fixture(scope="module")
-def model_folder(tiny_llama, tmp_path_factory) -> Path:
-    """The tiny Llama with the Alpaca chat template, as `trainer.push` bundles it with our models."""
-    from transformers import AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("remote") / "tiny-alpaca"
-    shutil.copytree(tiny_llama, folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    tokenizer.chat_template = chat_template_for(tokenizer, get_template("alpaca-id"))
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def backend(model_folder, tmp_path_factory):
-    """`transformers serve MODEL_FOLDER` on a free port: its /v1 URL. Stopped after the module's tests."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    command = [str(SERVE), "serve", str(model_folder), "--host", "127.0.0.1", "--port", str(port),
-               "--device", "cpu", "--dtype", "float32"]
-    started = time.monotonic()
-    with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **OFFLINE})
-    try:
-        wait_for_health(f"http://127.0.0.1:{port}", process, log, SERVER_START_TIMEOUT)
-        print(f"\ntransformers serve ready in {time.monotonic() - started:.1f} s: {' '.join(command)}")
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")
