@@ -199,7 +199,10 @@ def build_app(chat: ChatModel, config: dict = DEFAULTS, ratings: Ratings | None 
     each open or behind `access`'s login and keys."""
     from fastapi import FastAPI
 
-    app = FastAPI(title="alpaca-medis")
+    # FastAPI's own /docs, /redoc and /openapi.json describe /v1 to whoever asks: not to strangers when the server
+    # has keys or logins.
+    private = access.keys is not None or access.logins is not None
+    app = FastAPI(title="alpaca-medis", **(dict(docs_url=None, redoc_url=None, openapi_url=None) if private else {}))
     if access.api_served:
         app.include_router(router(chat, access))
     # As many page requests at once as the model batches (1 for a plain ChatModel, which answers one at a time).

@@ -2,6 +2,7 @@
 tests collected and skipped with their reason, and its run, page and report stages end to end on the CPU."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -17,7 +18,10 @@ from trainer.bench.gpu_check import GpuCheckError, cuda_build, gpu_tests, nvidia
 def test_make_gpu_check_without_a_gpu_says_so_in_one_line():
     if nvidia_smi() is not None:
         pytest.skip("an NVIDIA GPU is here: `make gpu-check` would run the whole check")
-    result = subprocess.run(["make", "gpu-check"], cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    # As a user types it: not as a sub-make of `make test`, which would add its "Entering directory" lines.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
+    result = subprocess.run(["make", "gpu-check"], cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+                            env=env)
     assert result.returncode == 0 and result.stderr == ""
     assert result.stdout == "gpu-check: no NVIDIA GPU on this machine (nvidia-smi lists none); nothing to check.\n"
 

@@ -145,6 +145,14 @@ def test_on_a_space_v1_is_off_without_a_key(chat):
     assert keyed.api_served
 
 
+def test_fastapis_own_docs_describe_v1_only_on_an_open_server(chat):
+    assert "/v1/chat/completions" in TestClient(app.build_app(chat, CONFIG)).get("/openapi.json").text
+    for access in (open_to(api_key=KEYS[0]), open_to(auth=[f"{USER}:{PASSWORD}"])):
+        client = TestClient(app.build_app(chat, CONFIG, access=access))
+        for route in ("/openapi.json", "/docs", "/redoc"):
+            assert "/v1/chat/completions" not in client.get(route).text and "swagger" not in client.get(route).text.lower()
+
+
 # ---- a server with two keys and a login ----
 
 @pytest.fixture(scope="module")
