@@ -204,6 +204,21 @@ class _Shares:
         return release
 
 
+class _SharedStream(StreamingResponse):
+    """A stream that gives its key's share back however it ends: read to its end, cut by the client, or never started
+    at all (a client gone before the first byte: the body's own `finally` then never runs)."""
+
+    def __init__(self, content, release, **kwargs):
+        super().__init__(content, **kwargs)
+        self.release = release
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.release()
+
+
 def _busy(error: BusyError) -> APIError:
     seconds = max(1, math.ceil(error.retry_after))
     return APIError(str(error), status=429, type="rate_limit_exceeded", code="rate_limit_exceeded",
@@ -238,8 +253,8 @@ async def _complete(chat: ChatModel, request: Request, waiting: anyio.CapacityLi
 
         answers, first = await _generating(waiting, start)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return StreamingResponse(_sse(chat.name, ident, created, first, answers, stats, include_usage, release),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return _SharedStream(_sse(chat.name, ident, created, first, answers, stats, include_usage, release), release,
+                             media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     def whole():
         return last_text(chat.stream(message, history, stats=stats, **kwargs))

@@ -26,7 +26,7 @@ from trainer.serve.access import Access, AccessError, APIKeys
 from trainer.serve.batching import BatchedChat
 from trainer.serve.feedback import FeedbackStore, Ratings
 from trainer.serve.inference import ChatModel
-from trainer.serve.openai_api import router
+from trainer.serve.openai_api import APIError, router
 from trainer.serve.remote import RemoteChat
 
 KEYS = ("sk-medis-tim-a-0123456789", "sk-medis-tim-b-9876543210")
@@ -357,3 +357,33 @@ def test_the_backend_gets_its_own_key_never_the_callers():
         server.should_exit = True
         engine.shutdown()
         engine.server_close()
+
+
+def test_a_stream_cut_before_its_first_byte_gives_its_share_back():
+    from starlette.requests import ClientDisconnect
+
+    from trainer.serve.openai_api import _SharedStream, _Shares
+
+    shares = _Shares(limit=1)
+    release = shares.take(0)
+    with pytest.raises(APIError) as refused:
+        shares.take(0)  # the key's one place is taken
+    assert refused.value.status == 429
+
+    started = []
+
+    async def body():  # its own `finally` never runs: the client is gone before the first byte
+        started.append(True)
+        yield "data: {}\n\n"
+
+    async def gone(message):
+        raise OSError("connection reset by peer")
+
+    async def nothing():
+        return {"type": "http.disconnect"}
+
+    scope = {"type": "http", "asgi": {"spec_version": "2.4"}}
+    with pytest.raises(ClientDisconnect):
+        asyncio.run(_SharedStream(body(), release, media_type="text/event-stream")(scope, nothing, gone))
+    assert not started and shares.taken[0] == 0
+    shares.take(0)()  # the place is free again
