@@ -127,9 +127,9 @@ def stored_config_path(model: str) -> Path:
 def read_config(model: str, revision: str | None = None) -> tuple[dict, str]:
     """(config.json as a dict, where it came from): a local folder's, else the Hub's (online; the file alone),
     else the stored copy in trainer/configs/models/."""
-    from trainer.model_names import EMBEDDED, ModelError, embedded_dir
+    from trainer.model_names import EMBEDDED, ModelError, locate
 
-    folder = embedded_dir(model) if model in EMBEDDED else Path(model)
+    folder = Path(locate(model))
     if (folder / "config.json").is_file():
         return json.loads((folder / "config.json").read_text()), str(folder / "config.json")
     if model in EMBEDDED:

@@ -8,12 +8,11 @@ import json
 import logging
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, wait_for
 from trainer.preferences import FEEDBACK_FIELDS
 from trainer.serve.feedback import FeedbackError, FeedbackStore, Ratings, plain_messages, rating_record, weights_revision
 from trainer.serve.redflags import NOTICE
@@ -115,18 +114,11 @@ def online(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
 
 
-def wait_for(predicate, seconds: float = 30):
-    deadline = time.time() + seconds
-    while not predicate():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def test_the_scheduler_pushes_the_file_to_a_dataset_repo(tmp_path, online):
     with serve_hub() as hub:
         store = scheduled_store(tmp_path, hub.url)
         (store.path.parent / "notes.txt").write_text("not a rating")  # in the folder, never uploaded
-        wait_for(lambda: store.scheduler is not None)
+        wait_for(lambda: store.scheduler is not None, seconds=30)
         store.append(record(rating="dislike", correction="Ke dokter."))
         store.scheduler.trigger().result()
         files = hub.files("me/medis-feedback", "dataset")
@@ -144,6 +136,6 @@ def test_an_unreachable_hub_is_logged_and_ratings_stay_local(tmp_path, caplog, o
     with caplog.at_level(logging.ERROR, logger="trainer.serve.feedback"):
         store = scheduled_store(tmp_path, dead)
         store.append(record())
-        wait_for(lambda: "cannot reach the dataset me/medis-feedback (ConnectError" in caplog.text)
+        wait_for(lambda: "cannot reach the dataset me/medis-feedback (ConnectError" in caplog.text, seconds=30)
     assert store.scheduler is None and len(store.path.read_text().splitlines()) == 1
     assert TOKEN not in caplog.text
